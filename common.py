@@ -1,0 +1,227 @@
+"""
+The plumbing the two training scripts and sample.py share, written once: config overrides, distributed
+setup, the precision context, the learning-rate schedule, atomic checkpoints and the log line.
+Nothing here knows about COSMOS; model.py, autoencoder.py and diffusion.py hold the method.
+
+Config, nanoGPT-style: each script starts with a flat dict of plain values. `configure` overrides it from
+config files (`python train_ae.py config/tiny_ae.py`) and flags (`--lr=3e-4`), in command-line order, and
+refuses, in one line, a key that is not in the dict or a value of the wrong type.
+"""
+import ast
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+
+# -----------------------------------------------------------------------------
+# config
+
+
+def die(msg):
+    """Bad input ends here: one line on stderr naming what is wrong, exit status 1, no traceback."""
+    raise SystemExit(f"error: {msg}")
+
+
+def _coerce(key, value, default):
+    """Give `value` the type of `default`, or die naming the key."""
+    want = type(default)
+    if isinstance(value, str) and want is not str:
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            die(f"config key '{key}' wants a {want.__name__}, got '{value}'")
+    if want is float and type(value) is int:
+        value = float(value)  # --lr=1 means 1.0
+    if type(value) is not want:  # `type is` so that True is not accepted as an int
+        die(f"config key '{key}' wants a {want.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def configure(config, argv):
+    """Return a copy of `config` overridden by the config files and --key=value flags in `argv`."""
+    config = dict(config)
+
+    def set_key(key, value, where):
+        if key not in config:
+            close = [k for k in config if k.split('_')[0] == key.split('_')[0]] or sorted(config)
+            die(f"unknown config key '{key}' ({where}); known keys like it: {', '.join(close[:8])}")
+        config[key] = _coerce(key, value, config[key])
+
+    for arg in argv:
+        if arg.startswith('--'):
+            key, eq, value = arg[2:].partition('=')
+            if not eq:
+                die(f"flag '{arg}' has no value: write --{key}=VALUE")
+            set_key(key, value, arg)
+        else:
+            if not os.path.isfile(arg):
+                die(f"config file '{arg}' not found")
+            scope = {}
+            with open(arg) as f:
+                exec(compile(f.read(), arg, 'exec'), scope)  # a config file is plain Python assignments
+            for key, value in scope.items():
+                if not key.startswith('_') and not isinstance(value, type(sys)):
+                    set_key(key, value, arg)
+    return config
+
+
+# -----------------------------------------------------------------------------
+# devices, precision, distributed
+
+
+def setup(device, seed, backend=None):
+    """
+    One plain process, or DDP when torchrun's environment says so (RANK is set). Returns a small dict
+    with rank, local_rank, world_size, master, device and device_type. Every rank seeds with seed + rank
+    so that augmentations and noise differ between ranks while the model init (seeded before DDP
+    broadcasts it anyway) is the same.
+    """
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    rank, local_rank, world = 0, 0, 1
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if ddp:
+        rank, local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
+        world = int(os.environ['WORLD_SIZE'])
+        if device.startswith('cuda'):
+            device = f'cuda:{local_rank}'
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend or ('nccl' if device.startswith('cuda') else 'gloo'))
+    torch.manual_seed(seed + rank)
+    device_type = 'cuda' if device.startswith('cuda') else 'cpu'
+    if device_type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (optimizer, schedule) use tf32
+        torch.backends.cudnn.allow_tf32 = True
+    return dict(ddp=ddp, rank=rank, local_rank=local_rank, world_size=world, master=rank == 0,
+                device=device, device_type=device_type)
+
+
+def teardown(env):
+    if env['ddp']:
+        dist.destroy_process_group()
+
+
+def autocast(device_type, dtype):
+    """The one mixed-precision context: bf16 autocast on GPU, nothing on CPU (CPU runs stay fp32)."""
+    if device_type != 'cuda' or dtype == 'float32':
+        return nullcontext()
+    return torch.autocast(device_type='cuda', dtype={'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype])
+
+
+def grad_accum_steps(batch_size, micro_batch_size, world_size):
+    """The global batch is fixed; micro-batches per optimizer step follow from it and the world size."""
+    per_step = micro_batch_size * world_size
+    if batch_size % per_step:
+        die(f"batch_size={batch_size} is not a multiple of micro_batch_size*world_size={per_step}")
+    return batch_size // per_step
+
+
+def batch_indices(step, micro_step, rank, micro_batch_size, accum, world_size, n, seed):
+    """
+    The example indices of one micro-batch, computed from the step number alone (no loader state), so
+    that a resumed run sees exactly the batches it would have seen. The global batch of step s is
+    positions [s*B, (s+1)*B) of an endless stream of epochs, each a fresh permutation seeded by (seed,
+    epoch); rank r's micro-step m takes its slice of that global batch.
+    """
+    B = micro_batch_size * accum * world_size
+    start = step * B + (micro_step * world_size + rank) * micro_batch_size
+    pos = torch.arange(start, start + micro_batch_size)
+    epochs = pos // n
+    out = torch.empty_like(pos)
+    for e in epochs.unique().tolist():  # a micro-batch spans at most two epochs
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + e))
+        sel = epochs == e
+        out[sel] = perm[pos[sel] % n]
+    return out
+
+
+def lr_at(step, lr, warmup):
+    """Linear warm-up over `warmup` steps, then constant (Table 7)."""
+    return lr * min(1.0, (step + 1) / max(1, warmup))
+
+
+def make_optimizer(model, lr, betas, weight_decay):
+    """AdamW; weight decay only on matrices (norm gains, biases and embeddings-as-vectors are left alone)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    fused = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: tensors and plain values only, written atomically, loaded with weights_only=True
+
+
+def rng_state():
+    state = dict(cpu=torch.get_rng_state())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state['cpu'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def save_checkpoint(obj, path):
+    """Write to a temporary file in the same folder and rename: a crash never leaves a half-written file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, stage):
+    """Load a checkpoint and check that it comes from `stage` ('autoencoder' or 'diffusion')."""
+    if not os.path.isfile(path):
+        die(f"checkpoint '{path}' not found")
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
+        die(f"checkpoint '{path}' could not be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    if not isinstance(ckpt, dict) or ckpt.get('stage') != stage:
+        got = ckpt.get('stage') if isinstance(ckpt, dict) else type(ckpt).__name__
+        die(f"checkpoint '{path}' is from stage '{got}', expected a '{stage}' checkpoint")
+    return ckpt
+
+
+def load_state(module, state_dict, path):
+    """load_state_dict that reports a shape or key mismatch in one line."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as e:
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+        die(f"checkpoint '{path}' does not fit the model it describes: {lines[1] if len(lines) > 1 else lines[0]}")
+
+
+# -----------------------------------------------------------------------------
+# logging
+
+
+class Logger:
+    """One fixed-format line per interval on the master rank, to stdout and appended to out_dir/log.txt."""
+
+    def __init__(self, out_dir, master):
+        self.path = os.path.join(out_dir, 'log.txt') if master else None
+        self.t0 = time.time()
+
+    def __call__(self, msg):
+        if self.path is None:
+            return
+        print(msg, flush=True)
+        with open(self.path, 'a') as f:
+            f.write(msg + '\n')
+
+
+def check_finite(value, what, step):
+    if not math.isfinite(value):
+        die(f"{what} is {value} at step {step}; stopping before it reaches a checkpoint "
+            f"(lower lr, check the data, or resume from the last checkpoint)")

@@ -1,0 +1,148 @@
+"""
+Where text comes from. One spec string names a source:
+
+    'stories'                         the embedded offline corpus below (no files, no network)
+    'path/to/file.txt'                one text per line (blank lines skipped)
+    'path/to/file.jsonl'              one JSON object per line; the text is under `text_field`
+    'hf:NAME[:CONFIG]'                a Hugging Face hub dataset (needs the network), e.g.
+                                      'hf:wikimedia/wikipedia:20231101.en'
+
+`load_texts(spec, split)` returns an indexable sequence of strings. The hub path keeps the Arrow-backed
+dataset (memory-mapped, so Wikipedia is not copied into Python strings); everything else is a list.
+
+The embedded corpus: short stories built from a fixed grammar by a seeded generator, with a checker that
+parses a story and says whether it is valid. Valid means the grammar holds AND the story is consistent:
+the pronoun fits the first character, the object named in the second sentence is the one found in the
+first, the giver and the receiver differ, and the feeling follows from the gift. A generated sample is
+either valid or not, so generation quality on this corpus is measurable exactly, on a CPU, in minutes.
+"""
+import json
+import os
+import random
+import re
+
+from common import die
+
+# -----------------------------------------------------------------------------
+# the embedded story corpus
+
+NAMES = {'anna': 'she', 'maria': 'she', 'lucy': 'she', 'emma': 'she', 'sara': 'she', 'kate': 'she',
+         'tom': 'he', 'jack': 'he', 'sam': 'he', 'ben': 'he', 'max': 'he', 'leo': 'he'}
+COLORS = ['red', 'blue', 'green', 'yellow', 'black', 'white', 'small', 'big']
+OBJECTS = ['ball', 'book', 'kite', 'hat', 'cup', 'box', 'toy', 'map', 'key', 'bag']
+PLACES = ['park', 'garden', 'kitchen', 'school', 'forest', 'street', 'shop', 'river']
+LIKED = {'happy', 'glad', 'excited'}           # feelings for an object the receiver likes
+DISLIKED = {'sad', 'angry', 'bored'}           # ... and for one the receiver does not
+LIKES = {'ball', 'book', 'kite', 'toy', 'map'}  # what everybody likes; the rest nobody does
+
+_STORY = re.compile(r"^(?:one day, )?(\w+) found a (\w+) (\w+) in the (\w+)\. (he|she) gave (?:the (\w+)|it) "
+                    r"to (\w+)\. (\w+) was (?:very )?(\w+)\.$")
+
+
+def make_story(rng):
+    giver, receiver = rng.sample(sorted(NAMES), 2)
+    color, obj, place = rng.choice(COLORS), rng.choice(OBJECTS), rng.choice(PLACES)
+    feeling = rng.choice(sorted(LIKED if obj in LIKES else DISLIKED))
+    opening = rng.choice(['', 'one day, '])                  # three optional variations, so that
+    gift = rng.choice([f'the {obj}', 'it'])                  # lengths vary (21 to 26 tokens) and the
+    very = rng.choice(['', 'very '])                         # decoder must learn where [SEP] goes
+    return (f"{opening}{giver} found a {color} {obj} in the {place}. {NAMES[giver]} gave {gift} to "
+            f"{receiver}. {receiver} was {very}{feeling}.")
+
+
+def stories(n, seed):
+    """n stories from the generator seeded with `seed` (lower case, like the uncased BERT vocabulary)."""
+    rng = random.Random(seed)
+    return [make_story(rng) for _ in range(n)]
+
+
+def is_valid_story(text):
+    """True when `text` is a well-formed, consistent story of the grammar above."""
+    m = _STORY.match(re.sub(r'\s+([.,])', r'\1', text.strip().lower()))  # "park ." -> "park."
+    if m is None:
+        return False
+    giver, color, obj, place, pron, obj2, receiver, receiver2, feeling = m.groups()
+    return (giver in NAMES and receiver in NAMES and giver != receiver and receiver2 == receiver
+            and pron == NAMES[giver] and color in COLORS and obj in OBJECTS and obj2 in (None, obj)
+            and place in PLACES and feeling in (LIKED if obj in LIKES else DISLIKED))
+
+
+# -----------------------------------------------------------------------------
+# loading
+
+
+def _read_local(path, text_field):
+    if not os.path.isfile(path):
+        die(f"data file '{path}' not found")
+    texts = []
+    with open(path, encoding='utf-8') as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if path.endswith('.jsonl'):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    die(f"{path}:{i} is not valid JSON ({e.msg})")
+                if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+                    die(f"{path}:{i} has no string field '{text_field}'")
+                texts.append(row[text_field])
+            else:
+                texts.append(line.rstrip('\n'))
+    return texts
+
+
+def load_texts(spec, split='train', text_field='text', n_stories=20000, seed=0):
+    """
+    The texts of `spec` (see the module docstring). For 'stories', split 'train' and 'validation' come
+    from different generator seeds; the local and hub sources take the split as given (local files have
+    none: pass a separate file as the validation spec, or let the script hold out a slice).
+    """
+    if spec == 'stories':
+        return stories(n_stories, seed=seed if split == 'train' else seed + 1_000_003)
+    if spec.startswith('hf:'):
+        import datasets  # imported here: only hub users pay for it
+        name, _, config = spec[3:].partition(':')
+        ds = datasets.load_dataset(name, config or None, split=split)
+        if text_field not in ds.column_names:
+            die(f"dataset '{name}' has no column '{text_field}' (columns: {', '.join(ds.column_names)})")
+        texts = ds.select_columns([text_field])
+        return HubTexts(texts, text_field)
+    if not spec.endswith(('.txt', '.jsonl')):
+        die(f"data '{spec}' is not 'stories', 'hf:NAME[:CONFIG]', or a .txt/.jsonl file")
+    texts = _read_local(spec, text_field)
+    if not texts:
+        die(f"data file '{spec}' holds no texts")
+    return texts
+
+
+class HubTexts:
+    """A read-only list of strings over an Arrow-backed hub dataset (indexing by a list fetches a batch)."""
+
+    def __init__(self, ds, field):
+        self.ds, self.field = ds, field
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, int):
+            return self.ds[idx][self.field]
+        return self.ds[list(idx)][self.field]
+
+
+def split_off(texts, n_val, seed):
+    """Hold out n_val texts (a seeded choice) as validation from a source that has no split of its own."""
+    if len(texts) <= n_val:
+        die(f"data has {len(texts)} texts, not more than the {n_val} to hold out for validation (set val_size)")
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    val, train = sorted(order[:n_val]), sorted(order[n_val:])
+    return [texts[i] for i in train], [texts[i] for i in val]
+
+
+def take(texts, idx):
+    """texts[idx] for a list of indices, whatever the sequence type."""
+    if isinstance(texts, HubTexts):
+        return texts[idx]
+    return [texts[i] for i in idx]

@@ -1,0 +1,219 @@
+"""
+The networks of COSMOS, in plain PyTorch and nothing else (no I/O, no Hugging Face):
+
+    Attention, MLP                the two sublayers everything is made of (SDPA attention, GELU MLP)
+    PerceiverResampler            the compressor (N queries over the L encoder states) and, mirrored,
+                                  the decompressor (L queries over the N latents)      -- paper Sec. 4.1
+    Denoiser                      the latent diffusion transformer over the N latent positions, with
+                                  time embedding, self-conditioning input, long skips and an optional
+                                  source encoder + cross-attention                      -- paper Sec. 6, App. C
+
+Shapes: B batch, L tokens, N latents, D width. Masks are boolean, True = a real position to attend to.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Named sizes. 'base' is the paper's denoiser (12 layers x 768 x 12 heads): 108.7M parameters for 768-d
+# latents, 222.8M with a 12-layer source encoder and cross-attention in every block (counted with
+# latent_dim=768, N=16, Nc=128). The resampler's heads are 64 wide (METHOD.md).
+DENOISER_SIZES = {
+    'tiny': dict(n_layers=2, dim=64, n_heads=2),
+    'small': dict(n_layers=6, dim=384, n_heads=6),
+    'base': dict(n_layers=12, dim=768, n_heads=12),
+}
+
+
+class Attention(nn.Module):
+    """Multi-head attention. Queries come from x, keys and values from ctx (= x for self-attention)."""
+
+    def __init__(self, dim, n_heads, ctx_dim=None):
+        super().__init__()
+        assert dim % n_heads == 0, f"dim {dim} must be divisible by n_heads {n_heads}"
+        self.n_heads = n_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(ctx_dim or dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x, ctx=None, mask=None):
+        # x: (B, Lq, D), ctx: (B, Lk, Dc), mask: (B, Lk) bool or None
+        ctx = x if ctx is None else ctx
+        B, Lq, D = x.shape
+        q = self.q(x).view(B, Lq, self.n_heads, -1).transpose(1, 2)           # (B, H, Lq, D/H)
+        k, v = self.kv(ctx).view(B, ctx.shape[1], 2, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, Lk, D/H)
+        attn_mask = None if mask is None else mask[:, None, None, :]          # (B, 1, 1, Lk)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)      # fused kernel (flash when unmasked)
+        return self.out(y.transpose(1, 2).reshape(B, Lq, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim, mult=4):
+        super().__init__()
+        self.fc = nn.Linear(dim, mult * dim)
+        self.proj = nn.Linear(mult * dim, dim)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x)))
+
+
+# -----------------------------------------------------------------------------
+# Perceiver Resampler: compressor and decompressor
+
+
+class ResamplerBlock(nn.Module):
+    """
+    One Perceiver Resampler block (paper Sec. 4.1): the latents u are the queries; keys and values are
+    the concatenation [LN(u); LN(h)], so every latent reads the text and the other latents. Two separate
+    LayerNorms: the predecessor code normalised h with the latents' norm weights by mistake.
+    """
+
+    def __init__(self, dim, n_heads):
+        super().__init__()
+        self.norm_latents = nn.LayerNorm(dim)
+        self.norm_inputs = nn.LayerNorm(dim)
+        self.attn = Attention(dim, n_heads)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = MLP(dim)
+
+    def forward(self, u, h, h_mask=None):
+        # u: (B, Nq, D) latents, h: (B, Lh, D) inputs, h_mask: (B, Lh) bool or None (no padding)
+        lu = self.norm_latents(u)
+        kv = torch.cat([lu, self.norm_inputs(h)], dim=1)                      # (B, Nq + Lh, D)
+        mask = None
+        if h_mask is not None:                                                # latents are never padding
+            mask = torch.cat([h_mask.new_ones(u.shape[:2]), h_mask], dim=1)   # (B, Nq + Lh)
+        u = u + self.attn(lu, kv, mask)
+        u = u + self.mlp(self.norm_mlp(u))
+        return u
+
+
+class PerceiverResampler(nn.Module):
+    """
+    n_queries learned vectors (init N(0, 0.02)) refined by n_layers ResamplerBlocks over the inputs,
+    then a final LayerNorm (defined and used: the predecessor defined one and forgot it).
+    As compressor: n_queries = N latents over the L encoder states h (padding masked), output z (B, N, D).
+    As decompressor: n_queries = L output positions over the N latents, output h_hat (B, L, D).
+    """
+
+    def __init__(self, n_queries, dim, n_layers, n_heads):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(n_queries, dim) * 0.02)
+        self.blocks = nn.ModuleList([ResamplerBlock(dim, n_heads) for _ in range(n_layers)])
+        self.norm_out = nn.LayerNorm(dim)
+
+    def forward(self, h, h_mask=None):
+        u = self.queries.expand(h.shape[0], -1, -1)                           # (B, Nq, D)
+        for block in self.blocks:
+            u = block(u, h, h_mask)
+        return self.norm_out(u)
+
+
+# -----------------------------------------------------------------------------
+# Denoiser
+
+
+def timestep_embedding(t, dim, scale=1000.0):
+    """
+    Sinusoidal embedding of t in [0, 1]. t is scaled by 1000 first: fed raw (the predecessor's mistake)
+    almost no frequency varies over [0, 1] and the network can barely tell time steps apart.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = scale * t.float()[:, None] * freqs[None]                           # (B, D/2)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)              # (B, D)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: self-attention, optional cross-attention to the source, MLP."""
+
+    def __init__(self, dim, n_heads, cross_attn=False):
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(dim)
+        self.attn = Attention(dim, n_heads)
+        self.norm_cross = nn.LayerNorm(dim) if cross_attn else None
+        self.cross = Attention(dim, n_heads) if cross_attn else None
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = MLP(dim)
+
+    def forward(self, x, cond=None, cond_mask=None):
+        x = x + self.attn(self.norm_attn(x))
+        if self.cross is not None:
+            x = x + self.cross(self.norm_cross(x), cond, cond_mask)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class Denoiser(nn.Module):
+    """
+    x0-predictor z_theta(z_t, t, x0_sc [, source]) over the N latent positions (TEncDM's design, paper
+    App. C): a transformer with a learned position embedding where, before every block, a projection of
+    the time embedding and a projection of the self-conditioning estimate are added to every position,
+    and block i feeds block n_layers-1-i through a U-Net-style long skip.
+
+    Our choice: pre-LN blocks where TEncDM used post-LN BERT layers. Pre-LN trains stably in bf16 without
+    depending on the warm-up; conditioning, skips and the parameter count (~108M at 'base') are TEncDM's.
+
+    Conditional generation (paper Sec. 7): with cond_layers > 0 the model owns a source encoder (a
+    transformer over the normalised source latent) and every block cross-attends to its output. Such a
+    model refuses to run without a source instead of silently ignoring it (a predecessor bug); a
+    dropped source for classifier-free guidance is an explicit all-False cond_mask row handled by the
+    caller, never a missing argument.
+    """
+
+    def __init__(self, latent_dim, n_latents, dim, n_layers, n_heads, cond_layers=0, n_cond_latents=0):
+        super().__init__()
+        self.dim, self.n_layers = dim, n_layers
+        self.in_proj = nn.Linear(latent_dim, dim)
+        self.pos_emb = nn.Parameter(torch.randn(n_latents, dim) * 0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.time_proj = nn.ModuleList([nn.Linear(dim, dim) for _ in range(n_layers)])
+        self.sc_proj = nn.ModuleList([nn.Linear(latent_dim, dim) for _ in range(n_layers)])
+        self.skip_proj = nn.ModuleList([nn.Linear(2 * dim, dim) for _ in range(n_layers // 2)])
+        self.blocks = nn.ModuleList([Block(dim, n_heads, cross_attn=cond_layers > 0) for _ in range(n_layers)])
+        self.norm_out = nn.LayerNorm(dim)
+        self.out_proj = nn.Linear(dim, latent_dim)
+        self.conditional = cond_layers > 0
+        if self.conditional:
+            self.cond_in = nn.Linear(latent_dim, dim)
+            self.cond_pos = nn.Parameter(torch.randn(n_cond_latents, dim) * 0.02)
+            self.cond_blocks = nn.ModuleList([Block(dim, n_heads) for _ in range(cond_layers)])
+            self.cond_norm = nn.LayerNorm(dim)
+        self.apply(self._init_weights)
+        # Zero-init of the output projection: the untrained model predicts x0 = 0, the mean of the
+        # normalised latents, the best constant guess, so early training does not fight a random output.
+        nn.init.zeros_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+
+    def encode_source(self, cond, cond_mask=None):
+        """The trainable source encoder: (B, Nc, latent_dim) normalised source latent -> (B, Nc, D)."""
+        c = self.cond_in(cond) + self.cond_pos
+        for block in self.cond_blocks:
+            c = block(c)  # source latents are never padding; cond_mask only drops whole sources
+        return self.cond_norm(c)
+
+    def forward(self, z_t, t, x0_sc, cond=None, cond_mask=None):
+        # z_t, x0_sc: (B, N, latent_dim); t: (B,) in [0, 1]; cond: (B, Nc, latent_dim); cond_mask: (B, Nc)
+        if self.conditional and cond is None:
+            raise ValueError("this denoiser is conditional: pass the source latent `cond`")
+        if not self.conditional and cond is not None:
+            raise ValueError("this denoiser is unconditional: it has no cross-attention for `cond`")
+        x = self.in_proj(z_t) + self.pos_emb                                  # (B, N, D)
+        temb = self.time_mlp(timestep_embedding(t, self.dim).to(x.dtype))     # (B, D)
+        c = self.encode_source(cond) if self.conditional else None            # (B, Nc, D)
+        skips = []
+        for i, block in enumerate(self.blocks):
+            j = i - (self.n_layers - len(self.skip_proj))                     # index into the second half
+            if j >= 0:
+                x = self.skip_proj[j](torch.cat([x, skips.pop()], dim=-1))    # long skip from block n-1-i
+            x = x + self.time_proj[i](temb)[:, None, :] + self.sc_proj[i](x0_sc)
+            x = block(x, c, cond_mask)
+            if i < len(self.skip_proj):
+                skips.append(x)
+        return self.out_proj(self.norm_out(x))                               # (B, N, latent_dim) x0 estimate

