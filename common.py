@@ -33,11 +33,11 @@ def _coerce(key, value, default):
         try:
             value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            die(f"config key '{key}' wants a {want.__name__}, got '{value}'")
+            die(f"config key '{key}' must be of type {want.__name__}, got '{value}'")
     if want is float and type(value) is int:
         value = float(value)  # --lr=1 means 1.0
     if type(value) is not want:  # `type is` so that True is not accepted as an int
-        die(f"config key '{key}' wants a {want.__name__}, got {type(value).__name__} {value!r}")
+        die(f"config key '{key}' must be of type {want.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 

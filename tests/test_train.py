@@ -1,0 +1,241 @@
+"""
+The training scripts as a user runs them: exact resume, DDP under torchrun (gloo, 2 processes) equal to one
+process, bad input ending in one line, NaN loss, and the tiny pipeline end to end. Tiny models on the
+tiny random encoder of conftest.py, so that each test takes seconds.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import common
+import train_ae
+import train_diff
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def ae_cfg(encoder, out_dir, **kw):
+    cfg = dict(train_ae.config, data='stories', n_stories=400, val_size=32, eval_size=32, encoder=encoder,
+               max_len=28, n_latents=4, n_layers=1, head_dim=16, batch_size=8, micro_batch_size=8,
+               max_steps=6, eval_interval=3, log_interval=1, lr=1e-3, warmup=2, device='cpu',
+               compile=False, out_dir=str(out_dir), stats_size=64)
+    cfg.update(kw)
+    return cfg
+
+
+def diff_cfg(ae_ckpt, out_dir, **kw):
+    cfg = dict(train_diff.config, data='stories', n_stories=200, val_size=32, eval_size=32, size='tiny',
+               ae_ckpt=str(ae_ckpt), batch_size=16, micro_batch_size=8, max_steps=6, eval_interval=3,
+               eval_samples=2, sample_steps=3, log_interval=1, lr=1e-3, warmup=2, ema_decay=0.9,
+               device='cpu', compile=False, out_dir=str(out_dir))
+    cfg.update(kw)
+    return cfg
+
+
+def logged_losses(out_dir):
+    """The step and eval lines of log.txt without their timing fields."""
+    lines = open(os.path.join(out_dir, 'log.txt')).read().splitlines()
+    keep = [l for l in lines if l.startswith(('step', 'eval'))]
+    return [re.sub(r'\| [\d.,]+ ms/step.*$', '', l) for l in keep]
+
+
+def run(args, env_extra=None, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', **(env_extra or {}))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+@pytest.fixture(scope='module')
+def tiny_ae(tiny_encoder_path, tmp_path_factory):
+    """A tiny trained autoencoder checkpoint, shared by the diffusion tests."""
+    out = tmp_path_factory.mktemp('ae')
+    train_ae.main(ae_cfg(tiny_encoder_path, out))
+    return os.path.join(out, 'ckpt.pt')
+
+
+def test_ae_exact_resume(tiny_encoder_path, tmp_path):
+    # 6 steps straight == 3 steps, checkpoint, resume, 3 more: same logged losses, bit-identical weights
+    straight = train_ae.main(ae_cfg(tiny_encoder_path, tmp_path / 'a'))
+    train_ae.main(ae_cfg(tiny_encoder_path, tmp_path / 'b', max_steps=3))
+    resumed = train_ae.main(ae_cfg(tiny_encoder_path, tmp_path / 'b', init_from='resume'))
+    a, b = logged_losses(tmp_path / 'a'), logged_losses(tmp_path / 'b')
+    assert len(a) == 8 and a == b
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_diffusion_exact_resume(tiny_ae, tmp_path):
+    raw_a, ema_a = train_diff.main(diff_cfg(tiny_ae, tmp_path / 'a'))
+    train_diff.main(diff_cfg(tiny_ae, tmp_path / 'b', max_steps=3))
+    raw_b, ema_b = train_diff.main(diff_cfg(tiny_ae, tmp_path / 'b', init_from='resume'))
+    assert logged_losses(tmp_path / 'a') == logged_losses(tmp_path / 'b')
+    for m1, m2 in ((raw_a, raw_b), (ema_a, ema_b)):
+        for k, v in m1.state_dict().items():
+            assert torch.equal(v, m2.state_dict()[k]), k
+    # the latent cache was reused by the resumed run, not rebuilt: one file per split
+    assert sorted(f for f in os.listdir(tmp_path / 'b') if f.startswith('latents_')).__len__() == 2
+
+
+def test_checkpoints_load_weights_only(tiny_ae, tmp_path):
+    train_diff.main(diff_cfg(tiny_ae, tmp_path, max_steps=3))
+    for path, stage in ((tiny_ae, 'autoencoder'), (tmp_path / 'ckpt.pt', 'diffusion')):
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        assert ckpt['stage'] == stage and ckpt['step'] > 0
+    assert not [f for f in os.listdir(tmp_path) if '.tmp.' in f]  # no temporary file left behind
+
+
+def test_ddp_two_processes_match_one(tiny_encoder_path, tmp_path):
+    # Same global batch (8): one process accumulating 2 micro-batches of 4, and two gloo processes with
+    # one micro-batch of 4 each. Augmentations off: each rank draws its own random stream by design, so
+    # only the deterministic training path can match (the batch split, no_sync, gradient averaging).
+    common_flags = [f'--encoder={tiny_encoder_path}', '--data=stories', '--n_stories=400', '--val_size=32',
+                    '--eval_size=32', '--max_len=28', '--n_latents=4', '--n_layers=1', '--head_dim=16',
+                    '--batch_size=8', '--micro_batch_size=4', '--max_steps=3', '--eval_interval=3',
+                    '--log_interval=1', '--warmup=1', '--device=cpu', '--compile=False', '--stats_size=64',
+                    '--act_mask=0.0', '--act_delta=1.0', '--latent_dropout=0.0']
+    one = run(['train_ae.py', *common_flags, f'--out_dir={tmp_path / "one"}'])
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = run(['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train_ae.py',
+               *common_flags, f'--out_dir={tmp_path / "two"}'])
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert '2 processes' in open(tmp_path / 'two' / 'log.txt').read()
+    a = torch.load(tmp_path / 'one' / 'ckpt.pt', weights_only=True)
+    b = torch.load(tmp_path / 'two' / 'ckpt.pt', weights_only=True)
+    assert len(b['rng']) == 2  # each rank's RNG state is saved
+    for k, v in a['model'].items():
+        torch.testing.assert_close(b['model'][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_ddp_diffusion_runs(tiny_ae, tmp_path):
+    flags = [f'--ae_ckpt={tiny_ae}', '--data=stories', '--n_stories=200', '--val_size=32', '--eval_size=32',
+             '--size=tiny', '--batch_size=16', '--micro_batch_size=4', '--max_steps=2', '--eval_interval=2',
+             '--eval_samples=1', '--sample_steps=2', '--device=cpu', '--compile=False', f'--out_dir={tmp_path}']
+    r = run(['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train_diff.py', *flags])
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
+    assert ckpt['step'] == 2 and len(ckpt['rng']) == 2
+    assert '2 micro-steps x 4 x 2 processes' in open(tmp_path / 'log.txt').read()
+
+
+# -----------------------------------------------------------------------------
+# bad input: one clear line, non-zero exit
+
+
+def one_line_error(excinfo):
+    msg = str(excinfo.value)
+    assert msg.startswith('error: ') and '\n' not in msg
+    return msg
+
+
+def test_config_errors():
+    with pytest.raises(SystemExit) as e:
+        common.configure(train_ae.config, ['--n_latent=16'])
+    assert "unknown config key 'n_latent'" in one_line_error(e) and 'n_latents' in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        common.configure(train_ae.config, ['--max_steps=ten'])
+    assert "'max_steps' must be of type int" in one_line_error(e)
+    with pytest.raises(SystemExit) as e:
+        common.configure(train_ae.config, ['--compile=1'])  # a bool is not an int, nor the reverse
+    assert "'compile' must be of type bool" in one_line_error(e)
+    with pytest.raises(SystemExit) as e:
+        common.configure(train_diff.config, ['--schedule_d=fast'])  # a schedule parameter stays a number
+    assert "'schedule_d' must be of type float" in one_line_error(e)
+    with pytest.raises(SystemExit) as e:
+        common.configure(train_ae.config, ['no/such/config.py'])
+    assert 'not found' in one_line_error(e)
+    cfg = common.configure(train_diff.config, ['--schedule_d=7', '--lr=1e-4', '--compile=False'])
+    assert cfg['schedule_d'] == 7.0 and type(cfg['schedule_d']) is float and cfg['compile'] is False
+
+
+def test_config_file_and_cli_errors(tmp_path):
+    cfg_file = tmp_path / 'exp.py'
+    cfg_file.write_text("max_steps = 7\nlr = 3e-4\n")
+    cfg = common.configure(train_ae.config, [str(cfg_file), '--max_steps=9'])
+    assert cfg['max_steps'] == 9 and cfg['lr'] == 3e-4  # later arguments win
+    cfg_file.write_text("max_step = 7\n")
+    r = run(['train_ae.py', str(cfg_file)])
+    assert r.returncode != 0 and r.stderr.strip().splitlines() == [
+        f"error: unknown config key 'max_step' ({cfg_file}); known keys like it: max_len, max_steps"]
+
+
+def test_data_errors(tiny_encoder_path, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        train_ae.main(ae_cfg(tiny_encoder_path, tmp_path, data=str(tmp_path / 'missing.txt')))
+    assert 'not found' in one_line_error(e)
+    (tmp_path / 'empty.txt').write_text('\n\n')
+    with pytest.raises(SystemExit) as e:
+        train_ae.main(ae_cfg(tiny_encoder_path, tmp_path, data=str(tmp_path / 'empty.txt')))
+    assert 'holds no texts' in one_line_error(e)
+
+
+def test_truncation_is_counted(tiny_encoder_path, tmp_path):
+    data = tmp_path / 'long.txt'
+    data.write_text('\n'.join(['a short line'] * 60 + ['word ' * 40] * 20))
+    train_ae.main(ae_cfg(tiny_encoder_path, tmp_path / 'out', data=str(data), max_steps=2, eval_interval=2))
+    line = [l for l in open(tmp_path / 'out' / 'log.txt') if l.startswith('eval')][-1]
+    cut, seen = map(int, re.search(r'truncated (\d+)/(\d+)', line).groups())
+    assert seen == 16 and 0 < cut < seen
+
+
+def test_nan_loss_stops_before_checkpoint(tiny_encoder_path, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        train_ae.main(ae_cfg(tiny_encoder_path, tmp_path, lr=1e30, warmup=1, max_steps=6, eval_interval=6))
+    assert 'training loss is nan' in one_line_error(e) or 'training loss is inf' in str(e.value)
+    assert not os.path.exists(tmp_path / 'ckpt.pt')
+
+
+def test_checkpoint_errors(tiny_ae, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        common.load_checkpoint(tiny_ae, 'diffusion')
+    assert "is from stage 'autoencoder'" in one_line_error(e)
+    (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
+    with pytest.raises(SystemExit) as e:
+        common.load_checkpoint(str(tmp_path / 'junk.pt'), 'autoencoder')
+    assert 'could not be read' in one_line_error(e)
+    # resuming with a different model shape is refused, not silently reshaped
+    ckpt = torch.load(tiny_ae, weights_only=True)
+    with pytest.raises(SystemExit) as e:
+        train_ae.main(ae_cfg(ckpt['model_args']['encoder'], os.path.dirname(tiny_ae), init_from='resume',
+                             n_latents=5, max_steps=7))
+    assert '--n_latents=5 differs' in one_line_error(e)
+
+
+def test_sample_refuses_another_autoencoder(tiny_encoder_path, tiny_ae, tmp_path):
+    train_diff.main(diff_cfg(tiny_ae, tmp_path / 'diff', max_steps=3))
+    train_ae.main(ae_cfg(tiny_encoder_path, tmp_path / 'other_ae', seed=7, max_steps=3))
+    r = run(['sample.py', f'--ckpt={tmp_path / "diff" / "ckpt.pt"}', f'--ae_ckpt={tmp_path / "other_ae" / "ckpt.pt"}',
+             '--device=cpu'])
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: autoencoder') and 'is not the one' in last
+
+
+# -----------------------------------------------------------------------------
+# end to end, as the README runs it (tiny sizes)
+
+
+def test_end_to_end(tiny_encoder_path, tmp_path):
+    ae_dir, diff_dir = tmp_path / 'ae', tmp_path / 'diff'
+    flags = ['--data=stories', '--n_stories=300', '--val_size=32', '--eval_size=32', '--device=cpu',
+             '--compile=False', '--log_interval=2']
+    r = run(['train_ae.py', f'--encoder={tiny_encoder_path}', '--max_len=28', '--n_latents=4', '--n_layers=1',
+             '--head_dim=16', '--batch_size=8', '--micro_batch_size=8', '--max_steps=4', '--eval_interval=4',
+             '--stats_size=64', f'--out_dir={ae_dir}', *flags])
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run(['train_diff.py', f'--ae_ckpt={ae_dir / "ckpt.pt"}', '--size=tiny', '--batch_size=16',
+             '--micro_batch_size=16', '--max_steps=4', '--eval_interval=4', '--eval_samples=1',
+             '--sample_steps=2', f'--out_dir={diff_dir}', *flags])
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / 'samples.jsonl'
+    r = run(['sample.py', f'--ckpt={diff_dir / "ckpt.pt"}', '--num_samples=3', '--steps=5', '--device=cpu',
+             f'--out={out}'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    texts = r.stdout.splitlines()
+    assert len(texts) == 3 and all(t.strip() for t in texts)
+    rows = [json.loads(l) for l in open(out)]
+    assert [row['text'] for row in rows] == texts and rows[0]['steps'] == 5 and rows[0]['sampler'] == 'ddim'
