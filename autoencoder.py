@@ -46,6 +46,8 @@ class TextEncoder:
 
     def __init__(self, name, device='cpu'):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()  # no 'Loading weights' bar in every log
         path = resolve_encoder(name)
         self.name = name
         self.tokenizer = AutoTokenizer.from_pretrained(path)

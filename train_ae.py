@@ -115,7 +115,7 @@ def main(cfg):
     args = dict(encoder=cfg['encoder'], dim=encoder.dim, vocab_size=encoder.vocab_size,
                 max_len=cfg['max_len'], n_latents=cfg['n_latents'], n_layers=cfg['n_layers'],
                 head_dim=cfg['head_dim'], n_heads=encoder.dim // cfg['head_dim'], kl_beta=cfg['kl_beta'])
-    step, ckpt = 0, None
+    step, ckpt, n_truncated, n_seen = 0, None, 0, 0
     if cfg['init_from'] == 'resume':
         ckpt = common.load_checkpoint(ckpt_path, 'autoencoder')
         for k in MODEL_KEYS:
@@ -123,6 +123,7 @@ def main(cfg):
                 common.die(f"--{k}={args[k]!r} differs from the checkpoint's {ckpt['model_args'][k]!r}; "
                            f"a resumed run keeps the model it started with")
         args, step = ckpt['model_args'], ckpt['step']
+        n_truncated, n_seen = ckpt['n_truncated'], ckpt['n_seen']
     elif cfg['init_from'] != 'scratch':
         common.die(f"init_from must be 'scratch' or 'resume', not '{cfg['init_from']}'")
     raw = Autoencoder(args, encoder).to(device)
@@ -149,7 +150,6 @@ def main(cfg):
         model = DDP(model, device_ids=[env['local_rank']] if env['device_type'] == 'cuda' else None)
     recipe = {k: cfg[k] for k in ('act_mask', 'act_delta', 'latent_dropout', 'mse_weight')}
 
-    n_truncated = n_seen = 0
     t0 = time.time()
     while step < cfg['max_steps']:
         for group in optimizer.param_groups:
@@ -195,7 +195,8 @@ def main(cfg):
             if master:
                 common.save_checkpoint(dict(stage='autoencoder', model_args=args, model=raw.state_dict(),
                                             optimizer=optimizer.state_dict(), step=step, config=cfg,
-                                            rng=rng, val=ev), ckpt_path)
+                                            rng=rng, val=ev, n_truncated=n_truncated, n_seen=n_seen),
+                                       ckpt_path)
             t0 = time.time()
     common.teardown(env)
     return raw
