@@ -204,11 +204,15 @@ class Autoencoder(nn.Module):
         return self.encoder
 
     @torch.no_grad()
-    def encode(self, texts=None, ids=None, mask=None, normalize=False):
-        """Texts (or ids + mask) -> z (B, N, d); normalize=True gives the diffusion space (z - z_mu) / z_sigma."""
+    def encode(self, texts=None, ids=None, mask=None, normalize=False, max_len=None):
+        """
+        Texts (or ids + mask) -> z (B, N, d); normalize=True gives the diffusion space (z - z_mu) / z_sigma.
+        max_len: tokens read per text (default L; the compressor takes any length, so conditional sources
+        may be longer than the targets the decompressor writes).
+        """
         enc = self._need_encoder()
         if texts is not None:
-            ids, mask, _ = enc.tokenize(texts, self.args['max_len'])
+            ids, mask, _ = enc.tokenize(texts, max_len or self.args['max_len'])
         dev = self.token_head.weight.device
         ids, mask = ids.to(dev), mask.to(dev)
         z = self.compress(self.normalize_h(enc(ids, mask)), mask).float()

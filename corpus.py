@@ -35,8 +35,8 @@ LIKED = {'happy', 'glad', 'excited'}           # feelings for an object the rece
 DISLIKED = {'sad', 'angry', 'bored'}           # ... and for one the receiver does not
 LIKES = {'ball', 'book', 'kite', 'toy', 'map'}  # what everybody likes; the rest nobody does
 
-_STORY = re.compile(r"^(?:one day, )?(\w+) found a (\w+) (\w+) in the (\w+)\. (he|she) gave (?:the (\w+)|it) "
-                    r"to (\w+)\. (\w+) was (?:very )?(\w+)\.$")
+_STORY = re.compile(r"^(one day, )?(\w+) found a (\w+) (\w+) in the (\w+)\. (he|she) gave (?:the (\w+)|it) "
+                    r"to (\w+)\. (\w+) was (very )?(\w+)\.$")
 
 
 def make_story(rng):
@@ -56,15 +56,36 @@ def stories(n, seed):
     return [make_story(rng) for _ in range(n)]
 
 
+def _parse(text):
+    return _STORY.match(re.sub(r'\s+([.,])', r'\1', text.strip().lower()))  # "park ." -> "park."
+
+
 def is_valid_story(text):
     """True when `text` is a well-formed, consistent story of the grammar above."""
-    m = _STORY.match(re.sub(r'\s+([.,])', r'\1', text.strip().lower()))  # "park ." -> "park."
+    m = _parse(text)
     if m is None:
         return False
-    giver, color, obj, place, pron, obj2, receiver, receiver2, feeling = m.groups()
+    _, giver, color, obj, place, pron, obj2, receiver, receiver2, _, feeling = m.groups()
     return (giver in NAMES and receiver in NAMES and giver != receiver and receiver2 == receiver
             and pron == NAMES[giver] and color in COLORS and obj in OBJECTS and obj2 in (None, obj)
             and place in PLACES and feeling in (LIKED if obj in LIKES else DISLIKED))
+
+
+def swap_story(text):
+    """
+    The tiny conditional task: the same story told with giver and receiver swapped (the pronoun follows
+    the new giver). The target is again a valid story, so the story autoencoder can write it, and it is
+    a function of the source, so exact match on held-out sources measures whether the source is used.
+    """
+    opening, giver, color, obj, place, _, obj2, receiver, _, very, feeling = _parse(text).groups()
+    gift = f'the {obj2}' if obj2 else 'it'
+    return (f"{opening or ''}{receiver} found a {color} {obj} in the {place}. {NAMES[receiver]} gave {gift} to "
+            f"{giver}. {giver} was {very or ''}{feeling}.")
+
+
+def story_pairs(n, seed):
+    """n (source, target) pairs of the tiny conditional task."""
+    return [dict(source=s, target=swap_story(s)) for s in stories(n, seed)]
 
 
 # -----------------------------------------------------------------------------
@@ -129,6 +150,35 @@ class HubTexts:
         if isinstance(idx, int):
             return self.ds[idx][self.field]
         return self.ds[list(idx)][self.field]
+
+
+def load_pairs(spec, split='train', n_stories=20000, seed=0):
+    """
+    Source/target pairs: 'stories' (the tiny task above) or a .jsonl of {"source": ..., "target": ...}
+    lines, the universal format for conditional training (write your own pairs into one).
+    """
+    if spec == 'stories':
+        return story_pairs(n_stories, seed=seed if split == 'train' else seed + 1_000_003)
+    if not spec.endswith('.jsonl'):
+        die(f"pairs data '{spec}' is not 'stories' or a .jsonl file of source/target lines")
+    if not os.path.isfile(spec):
+        die(f"data file '{spec}' not found")
+    pairs = []
+    with open(spec, encoding='utf-8') as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                die(f"{spec}:{i} is not valid JSON ({e.msg})")
+            for key in ('source', 'target'):
+                if not isinstance(row, dict) or not isinstance(row.get(key), str):
+                    die(f"{spec}:{i} has no string field '{key}'")
+            pairs.append(dict(source=row['source'], target=row['target']))
+    if not pairs:
+        die(f"data file '{spec}' holds no pairs")
+    return pairs
 
 
 def split_off(texts, n_val, seed):

@@ -29,25 +29,30 @@ def q_sample(z0, t, eps, d):
     return a.sqrt() * z0 + (1 - a).sqrt() * eps
 
 
-def diffusion_loss(model, z0, d, t_min, self_cond_prob=0.5, cond=None, cond_mask=None):
+def diffusion_loss(model, z0, d, t_min, self_cond_prob=0.5, cond=None, cond_drop_prob=0.0):
     """
     The x0-prediction loss on a batch of normalised latents z0 (B, N, d). Self-conditioning is decided
     per example (the predecessor chose once per batch): for a share self_cond_prob of the examples, a
     first pass without grad and with sc = 0 gives an estimate that the second pass reads (detached);
     the others read sc = 0. The first pass runs on the whole batch, which keeps shapes static for
     torch.compile; its outputs for the sc = 0 examples are simply not used.
+    Conditional models get the source latent `cond`; a share cond_drop_prob of the examples sees the
+    null source instead, which trains the unconditional half of classifier-free guidance.
     Latents have no padding, so the MSE runs over every position.
     """
     B = z0.shape[0]
     t = t_min + (1 - t_min) * torch.rand(B, device=z0.device)
     z_t = q_sample(z0, t, torch.randn_like(z0), d)
+    drop = None
+    if cond is not None and cond_drop_prob > 0:
+        drop = torch.rand(B, device=z0.device) < cond_drop_prob
     sc = torch.zeros_like(z0)
     if self_cond_prob > 0:
         with torch.no_grad():
-            first = model(z_t, t, sc, cond, cond_mask).float()
+            first = model(z_t, t, sc, cond, drop).float()
         use = (torch.rand(B, device=z0.device) < self_cond_prob)[:, None, None]
         sc = torch.where(use, first, sc)
-    x0_hat = model(z_t, t, sc, cond, cond_mask)
+    x0_hat = model(z_t, t, sc, cond, drop)
     return F.mse_loss(x0_hat.float(), z0)
 
 
@@ -60,42 +65,73 @@ def ema_update(ema_model, model, decay):
         e.copy_(b)
 
 
+SAMPLERS = ('ddim', 'ancestral', 'heun')
+
+
 @torch.no_grad()
-def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, cond_mask=None, generator=None,
+def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=None, generator=None,
            device='cpu', autocast=None):
     """
-    Generate normalised latents of `shape` (B, N, d) with `steps` uniform Euler steps from t = 1 down to
-    t_min, starting from N(0, I) and carrying the self-conditioning estimate from step to step.
-    Returns the final x0 estimate, not the last noisy state (decoding the noisy state was a predecessor
-    mistake). `model(z_t, t, sc, cond, cond_mask)` may be any x0-predictor (the tests pass the exact
-    one for Gaussian data).
+    Generate normalised latents of `shape` (B, N, d) with `steps` uniform steps from t = 1 down to t_min,
+    starting from N(0, I) and carrying the self-conditioning estimate from step to step. Returns the final
+    x0 estimate of the last network pass, not the last noisy state (decoding the noisy state was a
+    predecessor mistake). `steps` network passes for 'ddim' and 'ancestral', 2 * steps - 1 for 'heun'.
+    `model(z_t, t, sc, cond, cond_drop)` may be any x0-predictor (the tests pass the exact one for
+    Gaussian data).
 
-    sampler='ddim': the deterministic probability-flow step z_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps_hat.
-    sampler='ancestral': the stochastic reverse-SDE step, taken in its exact-Gaussian (DDPM posterior)
-    form z_s ~ q(z_s | z_t, x0_hat). Our choice over TEncDM's Euler-Maruyama step: the two agree to first
-    order in the step size, but Euler-Maruyama multiplies by beta(t) = -d log alpha / dt, which is
-    infinite at t = 1 for this schedule, so its first step is undefined; the posterior form is not.
+    sampler='ddim': the paper's Euler step on the probability-flow ODE, in DDIM form
+        z_s = sqrt(a_s) x0_hat + sqrt(1 - a_s) eps_hat.
+    sampler='ancestral': the stochastic reverse-SDE step, in its exact-Gaussian (DDPM posterior) form
+        z_s ~ q(z_s | z_t, x0_hat). Our choice over TEncDM's Euler-Maruyama step: the two agree to first
+        order in the step size, but Euler-Maruyama multiplies by beta(t) = -d log alpha / dt, which is
+        infinite at t = 1 for this schedule, so its first step is undefined; the posterior form is not.
+    sampler='heun': Heun's second-order method on the same ODE (2 * steps - 1 network passes). In the
+        variables xbar = z / sqrt(a), sigma = sqrt((1 - a) / a) the DDIM step is exactly Euler,
+        xbar_s = xbar_t + (sigma_s - sigma_t) eps_hat, and Heun averages eps_hat at both ends. The first
+        step (sigma = inf at t = 1) stays Euler.
+
+    Conditional models: `cond` is the normalised source latent. guidance=None samples plainly
+    conditionally; guidance=w runs the conditional and the null-source halves in one batched pass and
+    uses x0 = x0_c + (w - 1) (x0_c - x0_uncond), so w = 1 is plain conditional and w > 1 pushes away
+    from the unconditional prediction.
     """
-    if sampler not in ('ddim', 'ancestral'):
-        raise ValueError(f"unknown sampler '{sampler}' (use 'ddim' or 'ancestral')")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{sampler}' (use one of {', '.join(SAMPLERS)})")
     ctx = autocast or nullcontext()
+    B = shape[0]
+
+    def denoise(z, t, sc):
+        tb = t.expand(B)
+        with ctx:
+            if cond is None or guidance is None:
+                return model(z, tb, sc, cond).float()
+            drop = torch.arange(2 * B, device=device) >= B                   # second half: null source
+            two = lambda x: torch.cat([x, x])
+            x0_c, x0_u = model(two(z), two(tb), two(sc), two(cond), drop).float().chunk(2)
+        return x0_c + (guidance - 1) * (x0_c - x0_u)
+
     z = torch.randn(shape, generator=generator, device=device)
     x0 = torch.zeros(shape, device=device)
     ts = torch.linspace(1.0, t_min, steps + 1, device=device)
     for i in range(steps):
         t, s = ts[i], ts[i + 1]
-        with ctx:
-            x0 = model(z, t.expand(shape[0]), x0, cond, cond_mask).float()
+        x0 = denoise(z, t, x0)
         a_t, a_s = alpha_bar(t, d), alpha_bar(s, d)
         eps = (z - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        if sampler == 'ddim':
-            z = a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
-        else:
+        if sampler == 'ancestral':
             # posterior q(z_s | z_t, x0): variance (1 - a_s)/(1 - a_t) * (1 - a_t/a_s); the rest of the
             # noise budget keeps the direction of eps_hat (DDIM with eta = 1 is the same step)
             var = (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
             noise = torch.randn(shape, generator=generator, device=device)
             z = a_s.sqrt() * x0 + (1 - a_s - var).clamp_min(0).sqrt() * eps + var.sqrt() * noise
+            continue
+        z_t, z = z, a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps                  # DDIM = Euler
+        if sampler == 'heun' and i > 0:
+            x0_s = denoise(z, s, x0)                                          # slope at the Euler end point
+            eps_s = (z - a_s.sqrt() * x0_s) / (1 - a_s).sqrt()
+            sigma_t, sigma_s = ((1 - a_t) / a_t).sqrt(), ((1 - a_s) / a_s).sqrt()
+            xbar_s = z_t / a_t.sqrt() + (sigma_s - sigma_t) * 0.5 * (eps + eps_s)
+            z, x0 = a_s.sqrt() * xbar_s, x0_s
     return x0
 
 
@@ -126,15 +162,19 @@ def load_pipeline(ckpt_path, ae_ckpt='', device='cpu', use_ema=True):
 
 @torch.no_grad()
 def generate(denoiser, ae, n, steps, schedule_d, t_min, sampler='ddim', seed=0, batch_size=64,
-             device='cpu', autocast=None):
-    """n texts (and their latents, un-normalised) from the denoiser, decoded by the autoencoder."""
+             device='cpu', autocast=None, cond=None, guidance=None):
+    """
+    n texts (and their latents, un-normalised) from the denoiser, decoded by the autoencoder. For a
+    conditional denoiser, cond holds the n normalised source latents (n, Nc, d), one text per source.
+    """
     texts, latents = [], []
     generator = torch.Generator(device).manual_seed(seed)
     shape = (ae.args['n_latents'], ae.args['dim'])
     for i in range(0, n, batch_size):
         b = min(batch_size, n - i)
-        z = sample(denoiser, (b, *shape), steps, schedule_d, t_min, sampler, generator=generator,
-                   device=device, autocast=autocast)
+        c = None if cond is None else cond[i:i + b].to(device)
+        z = sample(denoiser, (b, *shape), steps, schedule_d, t_min, sampler, cond=c, guidance=guidance,
+                   generator=generator, device=device, autocast=autocast)
         z = ae.denormalize_z(z)                                               # back to the autoencoder's space
         texts += ae.decode(z)[1]
         latents.append(z.cpu())

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # Named sizes. 'base' is the paper's denoiser (12 layers x 768 x 12 heads): 108.7M parameters for 768-d
-# latents, 222.8M with a 12-layer source encoder and cross-attention in every block (counted with
+# latents, 222.9M with a 12-layer source encoder, its null source and cross-attention in every block (counted with
 # latent_dim=768, N=16, Nc=128). The resampler's heads are 64 wide (METHOD.md).
 DENOISER_SIZES = {
     'tiny': dict(n_layers=2, dim=64, n_heads=2),
@@ -137,10 +137,10 @@ class Block(nn.Module):
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = MLP(dim)
 
-    def forward(self, x, cond=None, cond_mask=None):
+    def forward(self, x, cond=None):
         x = x + self.attn(self.norm_attn(x))
         if self.cross is not None:
-            x = x + self.cross(self.norm_cross(x), cond, cond_mask)
+            x = x + self.cross(self.norm_cross(x), cond)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -155,10 +155,10 @@ class Denoiser(nn.Module):
     depending on the warm-up; conditioning, skips and the parameter count (~108M at 'base') are TEncDM's.
 
     Conditional generation (paper Sec. 7): with cond_layers > 0 the model owns a source encoder (a
-    transformer over the normalised source latent) and every block cross-attends to its output. Such a
-    model refuses to run without a source instead of silently ignoring it (a predecessor bug); a
-    dropped source for classifier-free guidance is an explicit all-False cond_mask row handled by the
-    caller, never a missing argument.
+    transformer over the normalised source latent) and every block cross-attends to its output. For
+    classifier-free guidance a dropped source is replaced by a learned null source (`null_cond`), chosen
+    per example by the boolean `cond_drop`. A conditional model refuses to run without a source instead
+    of silently ignoring it (a predecessor bug), and an unconditional one refuses a source it cannot read.
     """
 
     def __init__(self, latent_dim, n_latents, dim, n_layers, n_heads, cond_layers=0, n_cond_latents=0):
@@ -179,6 +179,7 @@ class Denoiser(nn.Module):
             self.cond_pos = nn.Parameter(torch.randn(n_cond_latents, dim) * 0.02)
             self.cond_blocks = nn.ModuleList([Block(dim, n_heads) for _ in range(cond_layers)])
             self.cond_norm = nn.LayerNorm(dim)
+            self.null_cond = nn.Parameter(torch.randn(n_cond_latents, latent_dim) * 0.02)
         self.apply(self._init_weights)
         # Zero-init of the output projection: the untrained model predicts x0 = 0, the mean of the
         # normalised latents, the best constant guess, so early training does not fight a random output.
@@ -191,29 +192,31 @@ class Denoiser(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
 
-    def encode_source(self, cond, cond_mask=None):
+    def encode_source(self, cond, cond_drop=None):
         """The trainable source encoder: (B, Nc, latent_dim) normalised source latent -> (B, Nc, D)."""
+        if cond_drop is not None:                                             # classifier-free guidance
+            cond = torch.where(cond_drop[:, None, None], self.null_cond.to(cond.dtype), cond)
         c = self.cond_in(cond) + self.cond_pos
         for block in self.cond_blocks:
-            c = block(c)  # source latents are never padding; cond_mask only drops whole sources
+            c = block(c)                                                      # source latents are never padding
         return self.cond_norm(c)
 
-    def forward(self, z_t, t, x0_sc, cond=None, cond_mask=None):
-        # z_t, x0_sc: (B, N, latent_dim); t: (B,) in [0, 1]; cond: (B, Nc, latent_dim); cond_mask: (B, Nc)
+    def forward(self, z_t, t, x0_sc, cond=None, cond_drop=None):
+        # z_t, x0_sc: (B, N, latent_dim); t: (B,) in [0, 1]; cond: (B, Nc, latent_dim); cond_drop: (B,) bool
         if self.conditional and cond is None:
             raise ValueError("this denoiser is conditional: pass the source latent `cond`")
         if not self.conditional and cond is not None:
             raise ValueError("this denoiser is unconditional: it has no cross-attention for `cond`")
         x = self.in_proj(z_t) + self.pos_emb                                  # (B, N, D)
         temb = self.time_mlp(timestep_embedding(t, self.dim).to(x.dtype))     # (B, D)
-        c = self.encode_source(cond) if self.conditional else None            # (B, Nc, D)
+        c = self.encode_source(cond, cond_drop) if self.conditional else None  # (B, Nc, D)
         skips = []
         for i, block in enumerate(self.blocks):
             j = i - (self.n_layers - len(self.skip_proj))                     # index into the second half
             if j >= 0:
                 x = self.skip_proj[j](torch.cat([x, skips.pop()], dim=-1))    # long skip from block n-1-i
             x = x + self.time_proj[i](temb)[:, None, :] + self.sc_proj[i](x0_sc)
-            x = block(x, c, cond_mask)
+            x = block(x, c)
             if i < len(self.skip_proj):
                 skips.append(x)
         return self.out_proj(self.norm_out(x))                               # (B, N, latent_dim) x0 estimate

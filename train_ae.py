@@ -112,6 +112,8 @@ def main(cfg):
 
     # model: from the config, or (resume) from what the checkpoint says
     encoder = TextEncoder(cfg['encoder'], device)
+    if encoder.dim % cfg['head_dim']:
+        common.die(f"head_dim={cfg['head_dim']} does not divide the encoder's width d={encoder.dim}")
     args = dict(encoder=cfg['encoder'], dim=encoder.dim, vocab_size=encoder.vocab_size,
                 max_len=cfg['max_len'], n_latents=cfg['n_latents'], n_layers=cfg['n_layers'],
                 head_dim=cfg['head_dim'], n_heads=encoder.dim // cfg['head_dim'], kl_beta=cfg['kl_beta'])

@@ -6,6 +6,13 @@ autoencoder (train_ae.py).
     python train_diff.py config/diff_roc_n16.py                                     # one GPU
     torchrun --standalone --nproc_per_node=8 train_diff.py config/diff_roc_n16.py   # eight GPUs, DDP
     python train_diff.py config/tiny_diff.py --init_from=resume                     # resume exactly
+    python train_diff.py config/tiny_cond.py                                        # source -> target pairs
+
+Conditional generation (paper Sec. 7, task='conditional'): the data are source/target pairs; the source
+goes through the same frozen encoder and compressor (up to src_max_len tokens), its normalised latent
+through a trainable source encoder, and every denoiser block cross-attends to it. A share cond_drop of
+the examples sees a learned null source instead, for classifier-free guidance at sampling. With
+init_from='pretrained' training starts from an unconditional diffusion checkpoint (the paper does).
 
 The texts are turned into latents once by the frozen encoder + compressor and kept (out_dir/latents_*.pt,
 keyed by the autoencoder's fingerprint and the data) when cache_latents is on: the autoencoder is frozen
@@ -22,18 +29,20 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
 from autoencoder import load_autoencoder
-from corpus import load_texts, split_off, take
+from corpus import load_pairs, load_texts, split_off, take
 from diffusion import diffusion_loss, ema_update, generate, q_sample
 from model import DENOISER_SIZES, Denoiser
 
 config = dict(
     # I/O
     out_dir='out/diff',          # checkpoint, latent cache and log.txt go here
-    init_from='scratch',         # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    init_from='scratch',         # 'scratch', 'resume' (from out_dir/ckpt.pt), 'pretrained' (pretrained_ckpt)
+    pretrained_ckpt='',          # an unconditional diffusion checkpoint to start a conditional model from
     ae_ckpt='out/ae/ckpt.pt',    # the trained autoencoder
     eval_interval=5000,          # evaluate, print a few samples and save every this many steps
     eval_size=1024,              # held-out latents for the evaluation loss
-    eval_samples=4,              # texts generated (from the EMA model) at each evaluation
+    eval_samples=4,              # texts generated (from the EMA model) at each evaluation (conditional:
+                                 # from the first held-out sources, scored by exact match)
     log_interval=100,
     # data (corpus.py)
     data='stories',              # 'stories', a .txt/.jsonl path, or 'hf:NAME[:CONFIG]'
@@ -42,6 +51,11 @@ config = dict(
     text_field='text',
     n_stories=20000,
     cache_latents=True,          # encode the corpus once and keep the latents (else encode every step)
+    # conditional generation (paper Sec. 7); data is then 'stories' (the tiny task) or a source/target .jsonl
+    task='unconditional',        # 'unconditional' or 'conditional'
+    src_max_len=128,             # source tokens read (App. A: XSum and SQuAD 512, ParaDetox 40); longer are cut and counted
+    cond_layers=12,              # layers of the trainable source encoder (the paper: 12)
+    cond_drop=0.1,               # share of training examples that see the null source (classifier-free guidance)
     # model (paper App. C): a named size from model.DENOISER_SIZES
     size='base',                 # 'tiny', 'small' or 'base' (12 layers x 768 x 12 heads)
     # diffusion (paper Sec. 6, Table 7)
@@ -69,25 +83,62 @@ config = dict(
 
 
 @torch.no_grad()
-def encode_texts(ae, texts, batch_size, ctx):
-    """Normalised latents (M, N, d) of `texts`, float32 on the CPU."""
-    out = []
+def encode_texts(ae, texts, max_len, ctx, batch_size=256):
+    """Normalised latents (M, N, d) of `texts`, float32 on the CPU, and how many texts were cut."""
+    out, n_cut = [], 0
     for i in range(0, len(texts), batch_size):
+        ids, mask, cut = ae.encoder.tokenize(take(texts, range(i, min(i + batch_size, len(texts)))), max_len)
         with ctx:
-            out.append(ae.encode(take(texts, range(i, min(i + batch_size, len(texts)))), normalize=True).cpu())
-    return torch.cat(out)
+            out.append(ae.encode(ids=ids, mask=mask, normalize=True).cpu())
+        n_cut += cut
+    return torch.cat(out), n_cut
 
 
-def cached_latents(ae, texts, split, cfg, env, ctx):
+def cached_latents(ae, texts, name, max_len, cfg, env, ctx, log):
     """Latents of a split, from out_dir's cache when it matches this autoencoder and data, else encoded."""
-    path = os.path.join(cfg['out_dir'], f"latents_{ae.fingerprint()}_{split}.pt")
-    key = dict(data=cfg['data'], val_data=cfg['val_data'], n=len(texts), max_len=ae.args['max_len'])
+    path = os.path.join(cfg['out_dir'], f"latents_{ae.fingerprint()}_{name}.pt")
+    key = dict(data=cfg['data'], val_data=cfg['val_data'], n=len(texts), max_len=max_len)
     if env['master'] and not (os.path.isfile(path) and torch.load(path, weights_only=True)['key'] == key):
-        common.save_checkpoint(dict(key=key, z=encode_texts(ae, texts, 256, ctx)), path)
+        z, n_cut = encode_texts(ae, texts, max_len, ctx)
+        log(f"latents '{name}': {len(texts)} texts, {n_cut} longer than {max_len} tokens were cut")
+        common.save_checkpoint(dict(key=key, z=z), path)
     if env['ddp']:
         torch.distributed.barrier()  # the other ranks wait for the master's cache
     # mmap: eight ranks share one copy in the page cache instead of holding eight
     return torch.load(path, map_location='cpu', weights_only=True, mmap=True)['z']
+
+
+def load_data(cfg):
+    """(train, val) lists: texts, or source/target pairs when task='conditional'."""
+    cond = cfg['task'] == 'conditional'
+    load = (lambda spec, split, n: load_pairs(spec, split, n, cfg['seed'])) if cond else \
+           (lambda spec, split, n: load_texts(spec, split, cfg['text_field'], n, cfg['seed']))
+    train = load(cfg['data'], 'train', cfg['n_stories'])
+    if cfg['val_data']:
+        val = load(cfg['val_data'], 'validation', cfg['n_stories'])
+    elif cfg['data'] == 'stories':
+        val = load('stories', 'validation', cfg['val_size'])
+    else:
+        train, val = split_off(train, cfg['val_size'], cfg['seed'])
+    return train, take(val, range(min(cfg['eval_size'], len(val))))
+
+
+def load_pretrained(model, path, fingerprint, log):
+    """
+    Start from an unconditional diffusion checkpoint's EMA weights (the paper starts its conditional
+    models so). Everything the two models share is loaded; what only the conditional model has (the
+    source encoder, the null source and the cross-attention sublayers) keeps its fresh initialisation.
+    """
+    ckpt = common.load_checkpoint(path, 'diffusion')
+    if ckpt['autoencoder']['fingerprint'] != fingerprint:
+        common.die(f"pretrained checkpoint '{path}' was trained on another autoencoder")
+    own = model.state_dict()
+    shared = {k: v for k, v in ckpt['ema'].items() if k in own}
+    bad = [k for k, v in shared.items() if v.shape != own[k].shape]
+    if bad or len(shared) < len(ckpt['ema']):
+        common.die(f"pretrained checkpoint '{path}' does not fit this denoiser (size or latent shape differ)")
+    model.load_state_dict(shared, strict=False)
+    log(f"initialised {len(shared)} of {len(own)} tensors from '{path}' (step {ckpt['step']})")
 
 
 def main(cfg):
@@ -107,26 +158,35 @@ def main(cfg):
     ae = load_autoencoder(ae_ckpt, device)
     ae_info = dict(path=ae_path, fingerprint=ae.fingerprint(), model_args=ae.args)
 
-    # data -> normalised latents
-    train_texts = load_texts(cfg['data'], 'train', cfg['text_field'], cfg['n_stories'], cfg['seed'])
-    if cfg['val_data']:
-        val_texts = load_texts(cfg['val_data'], 'validation', cfg['text_field'], cfg['n_stories'], cfg['seed'])
-    elif cfg['data'] == 'stories':
-        val_texts = load_texts('stories', 'validation', n_stories=cfg['val_size'], seed=cfg['seed'])
-    else:
-        train_texts, val_texts = split_off(train_texts, cfg['val_size'], cfg['seed'])
-    val_texts = take(val_texts, range(min(cfg['eval_size'], len(val_texts))))
+    # data -> normalised latents (targets; and sources, for a conditional model)
+    if cfg['task'] not in ('unconditional', 'conditional'):
+        common.die(f"task must be 'unconditional' or 'conditional', not '{cfg['task']}'")
+    conditional = cfg['task'] == 'conditional'
+    train_rows, val_rows = load_data(cfg)
+    train_texts = [r['target'] for r in train_rows] if conditional else train_rows
+    val_texts = [r['target'] for r in val_rows] if conditional else val_rows
     t0 = time.time()
-    val_z = cached_latents(ae, val_texts, 'val', cfg, env, ctx)
-    train_z = cached_latents(ae, train_texts, 'train', cfg, env, ctx) if cfg['cache_latents'] else None
-    log(f"latents: {len(train_texts)} train / {len(val_texts)} val texts, N={ae.args['n_latents']} x "
-        f"d={ae.args['dim']} ({time.time() - t0:.1f}s{', cached' if cfg['cache_latents'] else ''})")
+    latents = lambda texts, name, max_len: cached_latents(ae, texts, name, max_len, cfg, env, ctx, log)
+    val_z = latents(val_texts, 'val', ae.args['max_len'])
+    train_z = latents(train_texts, 'train', ae.args['max_len']) if cfg['cache_latents'] else None
+    val_src = train_src = None
+    if conditional:
+        val_src = latents([r['source'] for r in val_rows], f"val_src{cfg['src_max_len']}", cfg['src_max_len'])
+        if cfg['cache_latents']:
+            train_src = latents([r['source'] for r in train_rows], f"train_src{cfg['src_max_len']}",
+                                cfg['src_max_len'])
+    log(f"latents: {len(train_texts)} train / {len(val_texts)} val {'pairs' if conditional else 'texts'}, "
+        f"N={ae.args['n_latents']} x d={ae.args['dim']} ({time.time() - t0:.1f}s"
+        f"{', cached' if cfg['cache_latents'] else ''})")
 
     # the denoiser, from the config or (resume) from what the checkpoint says
     if cfg['size'] not in DENOISER_SIZES:
         common.die(f"size '{cfg['size']}' is not one of {', '.join(DENOISER_SIZES)}")
-    args = dict(latent_dim=ae.args['dim'], n_latents=ae.args['n_latents'], **DENOISER_SIZES[cfg['size']])
-    diff_args = dict(schedule_d=cfg['schedule_d'], t_min=cfg['t_min'])
+    args = dict(latent_dim=ae.args['dim'], n_latents=ae.args['n_latents'], **DENOISER_SIZES[cfg['size']],
+                cond_layers=cfg['cond_layers'] if conditional else 0,
+                n_cond_latents=ae.args['n_latents'] if conditional else 0)
+    diff_args = dict(schedule_d=cfg['schedule_d'], t_min=cfg['t_min'], task=cfg['task'],
+                     src_max_len=cfg['src_max_len'])
     step, ckpt = 0, None
     if cfg['init_from'] == 'resume':
         ckpt = common.load_checkpoint(ckpt_path, 'diffusion')
@@ -135,9 +195,11 @@ def main(cfg):
         if ckpt['model_args'] != args:
             common.die(f"the config's denoiser {args} differs from the checkpoint's {ckpt['model_args']}")
         step = ckpt['step']
-    elif cfg['init_from'] != 'scratch':
-        common.die(f"init_from must be 'scratch' or 'resume', not '{cfg['init_from']}'")
+    elif cfg['init_from'] not in ('scratch', 'pretrained'):
+        common.die(f"init_from must be 'scratch', 'resume' or 'pretrained', not '{cfg['init_from']}'")
     raw = Denoiser(**args).to(device)
+    if cfg['init_from'] == 'pretrained':
+        load_pretrained(raw, cfg['pretrained_ckpt'], ae_info['fingerprint'], log)
     ema = Denoiser(**args).to(device).requires_grad_(False)
     ema.load_state_dict(raw.state_dict())
     optimizer = common.make_optimizer(raw, cfg['lr'], (cfg['beta1'], cfg['beta2']), cfg['weight_decay'])
@@ -155,10 +217,16 @@ def main(cfg):
         model = DDP(model, device_ids=[env['local_rank']] if env['device_type'] == 'cuda' else None)
 
     def batch(idx):
+        """(z0, source latent or None) of a micro-batch: from the cache, or encoded on the fly."""
         if train_z is not None:
-            return train_z[idx].to(device, non_blocking=True)
+            z0 = train_z[idx].to(device, non_blocking=True)
+            return z0, (train_src[idx].to(device, non_blocking=True) if conditional else None)
+        rows = take(train_rows, idx.tolist())
         with ctx:
-            return ae.encode(take(train_texts, idx.tolist()), normalize=True)
+            z0 = ae.encode([r['target'] for r in rows] if conditional else rows, normalize=True)
+            src = ae.encode([r['source'] for r in rows], normalize=True, max_len=cfg['src_max_len']) \
+                if conditional else None
+        return z0, src
 
     t0 = time.time()
     while step < cfg['max_steps']:
@@ -167,10 +235,11 @@ def main(cfg):
         for micro in range(accum):
             idx = common.batch_indices(step, micro, env['rank'], cfg['micro_batch_size'], accum,
                                        env['world_size'], len(train_texts), cfg['seed'])
-            z0 = batch(idx)
+            z0, src = batch(idx)
             sync = nullcontext() if (not env['ddp'] or micro == accum - 1) else model.no_sync()
             with sync, ctx:
-                loss = diffusion_loss(model, z0, cfg['schedule_d'], cfg['t_min'], cfg['self_cond_prob'])
+                loss = diffusion_loss(model, z0, cfg['schedule_d'], cfg['t_min'], cfg['self_cond_prob'],
+                                      src, cfg['cond_drop'])
                 (loss / accum).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg['grad_clip'])
         optimizer.step()
@@ -193,15 +262,23 @@ def main(cfg):
                 losses = []
                 for i in range(0, len(val_z), cfg['micro_batch_size']):
                     z0 = val_z[i:i + cfg['micro_batch_size']].to(device)
+                    src = val_src[i:i + cfg['micro_batch_size']].to(device) if conditional else None
                     t = cfg['t_min'] + (1 - cfg['t_min']) * torch.rand(len(z0), generator=g, device=device)
                     eps = torch.randn(z0.shape, generator=g, device=device)
-                    x0 = ema(q_sample(z0, t, eps, cfg['schedule_d']), t, torch.zeros_like(z0))
+                    x0 = ema(q_sample(z0, t, eps, cfg['schedule_d']), t, torch.zeros_like(z0), src)
                     losses.append(((x0.float() - z0) ** 2).mean().item() * len(z0))
             val_loss = sum(losses) / len(val_z)
             common.check_finite(val_loss, 'validation loss', step)
-            texts, _ = generate(ema, ae, cfg['eval_samples'], cfg['sample_steps'], cfg['schedule_d'],
-                                cfg['t_min'], seed=0, device=device, autocast=ctx)
-            log(f"eval {step:>7} | val loss (EMA, no self-cond) {val_loss:.4f} | samples: " + ' | '.join(texts))
+            n_gen = min(cfg['eval_samples'], len(val_z))
+            texts, _ = generate(ema, ae, n_gen, cfg['sample_steps'], cfg['schedule_d'], cfg['t_min'], seed=0,
+                                device=device, autocast=ctx, cond=val_src[:n_gen] if conditional else None)
+            extra = ''
+            if conditional:  # exact match against the held-out targets, case and spacing aside
+                norm = lambda x: ' '.join(x.lower().replace(' .', '.').replace(' ,', ',').split())
+                exact = sum(norm(a) == norm(b) for a, b in zip(texts, val_texts)) / max(1, n_gen)
+                extra = f" | exact match {exact:.3f} on {n_gen} held-out sources"
+            log(f"eval {step:>7} | val loss (EMA, no self-cond) {val_loss:.4f}{extra} | samples: "
+                + ' | '.join(texts[:4]))
             rng = [common.rng_state()]
             if env['ddp']:
                 rng = [None] * env['world_size']

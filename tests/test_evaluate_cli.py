@@ -1,0 +1,213 @@
+"""
+evaluate.py as a user runs it: every latent diagnostic end to end, generation from a checkpoint with the
+mean/std over seeds, the conditional metrics on a known answer, and bad input ending in one line. Tiny
+checkpoints trained in-process (a few steps) on the tiny random encoder of conftest.py, a tiny random GPT-2
+as the perplexity model: CPU, the whole file in well under a minute and a half.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+import train_ae
+import train_diff
+from diffusion import SAMPLERS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny tensors leave nothing to parallelise, and the 2-core test box is shared: one thread is faster.
+    mauve-text's k-means (faiss) spins its own OpenMP threads; both are restored for the next module."""
+    import faiss  # installed with mauve-text (requirements.txt)
+    n_torch, n_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(n_torch)
+    faiss.omp_set_num_threads(n_faiss)
+
+
+@pytest.fixture(scope='module')
+def run(tiny_encoder_path, tmp_path_factory):
+    """A tiny autoencoder, a tiny diffusion model on it, and a tiny GPT-2 folder: paths in a dict."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    root = tmp_path_factory.mktemp('eval_run')
+    ae_cfg = dict(train_ae.config, data='stories', n_stories=200, val_size=64, eval_size=64, stats_size=64,
+                  encoder=tiny_encoder_path, max_len=28, n_latents=4, n_layers=1, head_dim=16, batch_size=8,
+                  micro_batch_size=8, max_steps=4, eval_interval=4, log_interval=4, lr=1e-3, warmup=1,
+                  device='cpu', compile=False, out_dir=str(root / 'ae'))
+    train_ae.main(ae_cfg)
+    diff_cfg = dict(train_diff.config, data='stories', n_stories=200, val_size=64, eval_size=64, size='tiny',
+                    ae_ckpt=str(root / 'ae' / 'ckpt.pt'), batch_size=8, micro_batch_size=8, max_steps=4,
+                    eval_interval=4, log_interval=4, eval_samples=1, sample_steps=2, lr=1e-3, warmup=1,
+                    device='cpu', compile=False, out_dir=str(root / 'diff'))
+    train_diff.main(diff_cfg)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_path)
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64, vocab_size=len(tokenizer),
+                                      bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id))
+    gpt2.save_pretrained(root / 'gpt2')
+    tokenizer.save_pretrained(root / 'gpt2')
+    return dict(root=root, ae=str(root / 'ae' / 'ckpt.pt'), diff=str(root / 'diff' / 'ckpt.pt'),
+                gpt2=str(root / 'gpt2'), encoder=tiny_encoder_path)
+
+
+def cfg(**kw):
+    return dict(evaluate.config, device='cpu', batch_size=16, **kw)
+
+
+def finite_numbers(obj):
+    """Every number in a JSON tree (the `made` provenance block aside)."""
+    if isinstance(obj, dict):
+        return [x for k, v in obj.items() if k != 'made' for x in finite_numbers(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in finite_numbers(v)]
+    return [obj] if isinstance(obj, (int, float)) and not isinstance(obj, bool) else []
+
+
+EXPECTED = dict(
+    reconstruction=('token_acc', 'exact_match', 'acc_by_position'),
+    decoder_robustness=('sigma', 'bleu', 'z_std', 'space'),
+    smoothness=('mu', 't', 'scorer', 'curves'),
+    diffusion_robustness=('gamma', 'mse', 'same_text', 'inject_step'),
+    mismatch=('mse_generated', 'mse_real', 'space'),
+    steps=('steps', 'quality_name', *SAMPLERS),  # a curve per sampler of diffusion.py
+)
+
+
+def test_every_diagnostic_writes_json_and_png(run, tmp_path):
+    out = tmp_path / 'diag'
+    evaluate.main(cfg(mode='diagnostics', ckpt=run['diff'], ppl_model=run['gpt2'], diag_n=8, steps=4,
+                      interp_points=3, smooth_t='0,0.2', sigmas='0,1', gammas='0,0.5', steps_grid='2,4',
+                      out=str(out)))
+    for name, keys in EXPECTED.items():
+        assert (out / f'{name}.png').stat().st_size > 0, name
+        r = json.loads((out / f'{name}.json').read_text())
+        assert set(keys) <= set(r), (name, set(keys) - set(r))
+        numbers = finite_numbers(r)
+        assert numbers and all(math.isfinite(x) for x in numbers), name
+    smooth = json.loads((out / 'smoothness.json').read_text())
+    assert smooth['scorer'].startswith('PPL under') and len(smooth['curves']) == 3  # direct + 2 levels
+    assert all(len(v) == 3 for v in smooth['curves'].values())
+    rob = json.loads((out / 'diffusion_robustness.json').read_text())
+    assert rob['mse'][0] == 0.0 and rob['same_text'][0] == 1.0  # no injection, the same seed: the same run
+    recon = json.loads((out / 'reconstruction.json').read_text())
+    assert 0.0 <= recon['exact_match'] <= recon['token_acc'] <= 1.0
+
+
+def test_diagnostics_without_ppl_model_and_autoencoder_only(run, tmp_path):
+    # no scorer LM on the story corpus: smoothness and steps score with the exact story checker
+    evaluate.main(cfg(mode='diagnostics', ckpt=run['diff'], ppl_model='', diags='smoothness', diag_n=4,
+                      steps=2, interp_points=2, smooth_t='0.1', out=str(tmp_path / 'a')))
+    assert 'valid stories' in json.loads((tmp_path / 'a' / 'smoothness.json').read_text())['scorer']
+    # an autoencoder alone: 'all' means the diagnostics that need no denoiser
+    evaluate.main(cfg(mode='diagnostics', ae_ckpt=run['ae'], ppl_model='', diag_n=4, sigmas='0,0.5',
+                      out=str(tmp_path / 'b')))
+    assert sorted(os.listdir(tmp_path / 'b')) == ['decoder_robustness.json', 'decoder_robustness.png',
+                                                   'reconstruction.json', 'reconstruction.png']
+    with pytest.raises(SystemExit, match="needs a diffusion checkpoint"):
+        evaluate.main(cfg(mode='diagnostics', ae_ckpt=run['ae'], diags='mismatch', out=str(tmp_path / 'c')))
+
+
+@pytest.mark.parametrize('sampler', ['ddim', 'ancestral'])
+def test_injection_loop_mirrors_the_sampler(run, sampler):
+    # the diagnostics' local Euler loop is diffusion.sample plus a hook: with gamma = 0 it is the same run
+    from diffusion import load_pipeline, sample
+    denoiser, ae, ckpt = load_pipeline(run['diff'])
+    d, shape = ckpt['diffusion_args'], (3, ae.args['n_latents'], ae.args['dim'])
+    ref = sample(denoiser, shape, 5, d['schedule_d'], d['t_min'], sampler, generator=torch.Generator().manual_seed(7))
+    mine = evaluate.sample_with_injection(denoiser, shape, 5, d['schedule_d'], d['t_min'], sampler, seed=7,
+                                          inject_step=2, gamma=0.0)
+    assert torch.equal(ref, mine)
+    shifted = evaluate.sample_with_injection(denoiser, shape, 5, d['schedule_d'], d['t_min'], sampler, seed=7,
+                                             inject_step=2, gamma=1.0)
+    assert not torch.equal(ref, shifted)
+
+
+def test_reencode_cuts_after_the_first_sep():
+    # E(D(z)) must see the decoded text as a tokenizer would give it: [CLS] ... [SEP] then padding, masked
+    from types import SimpleNamespace
+    seen = {}
+
+    def encode(ids, mask, normalize):
+        seen.update(ids=ids, mask=mask)
+        return ids.float()[..., None]
+    ae = SimpleNamespace(encoder=SimpleNamespace(sep_id=102, pad_id=0), encode=encode)
+    evaluate.reencode(ae, torch.tensor([[101, 7, 8, 102, 9, 102], [101, 7, 7, 7, 7, 7]]), batch_size=8)
+    assert seen['ids'].tolist() == [[101, 7, 8, 102, 0, 0], [101, 7, 7, 7, 7, 7]]  # no [SEP]: all of it is text
+    assert seen['mask'].tolist() == [[True] * 4 + [False] * 2, [True] * 6]
+
+
+def test_generation_from_checkpoint_mean_std_over_seeds(run, tmp_path):
+    out = tmp_path / 'gen.json'
+    common = dict(ckpt=run['diff'], num_samples=8, num_seeds=2, steps=2, ppl_model=run['gpt2'],
+                  mauve_features='encoder', mauve_model=run['encoder'], mauve_max_len=32, out=str(out))
+    evaluate.main(cfg(**common))
+    r = json.loads(out.read_text())
+    assert [p['seed'] for p in r['per_seed']] == [0, 1]
+    assert {'mauve', 'ppl', 'div', 'mem', 'valid', 'len_mean', 'ref_len_mean'} <= set(r['metrics'])
+    for key, s in r['metrics'].items():
+        values = np.array([np.nan if p[key] is None else p[key] for p in r['per_seed']], dtype=float)
+        np.testing.assert_allclose(s['mean'] if s['mean'] is not None else np.nan, np.mean(values), equal_nan=True)
+        np.testing.assert_allclose(s['std'] if s['std'] is not None else np.nan, np.std(values, ddof=1),
+                                   equal_nan=True)
+        assert s['by'], key  # every number says what produced it
+    assert run['encoder'] in r['metrics']['mauve']['by'] and run['gpt2'] in r['metrics']['ppl']['by']
+    assert (r['made']['steps'], r['made']['sampler']) == (2, 'ddim')
+    # repeatable: the texts were written beside the JSON with their seeds; scoring them again gives the same
+    samples = tmp_path / 'gen.samples.jsonl'
+    assert len(samples.read_text().splitlines()) == 16
+    again = evaluate.main(cfg(**dict(common, samples=str(samples), out=str(tmp_path / 'again.json'))))
+    assert again['per_seed'] == r['per_seed']
+
+
+def test_conditional_bleu_and_bertscore(run, tmp_path):
+    targets = ['tom found a red ball in the park and gave it to anna .',
+               'the small cat sat on the warm mat all day long .',
+               'she was very happy to see her old friend again today .']
+
+    def score(generations, name):
+        path = tmp_path / f'{name}.jsonl'
+        path.write_text(''.join(json.dumps(dict(source=t, target=t, generation=g)) + '\n'
+                                for t, g in zip(targets, generations)))
+        return evaluate.main(cfg(mode='conditional', samples=str(path), bertscore_model=run['encoder']))['metrics']
+
+    same = score(targets, 'same')
+    assert same['bleu4']['mean'] == pytest.approx(1.0)
+    assert same['bertscore_f1']['mean'] == pytest.approx(1.0, abs=1e-5)
+    assert 'no baseline rescaling' in same['bertscore_f1']['by']
+    other = score(['a dog ran far away from the big house .', 'it rained .', ''], 'other')
+    assert other['bleu4']['mean'] < 0.1 and other['bertscore_f1']['mean'] < 0.99
+
+
+def test_bad_input_ends_in_one_line(tmp_path):
+    for kw, msg in ((dict(samples=str(tmp_path / 'missing.jsonl')), 'not found'),
+                    (dict(mode='bogus'), "unknown mode 'bogus'"),
+                    (dict(), 'needs samples=PATH'),
+                    (dict(mode='conditional', samples=str(tmp_path / 'missing.jsonl')), 'not found')):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(cfg(**kw))
+        text = str(e.value)
+        assert text.startswith('error:') and msg in text and '\n' not in text
+    bad = tmp_path / 'bad.jsonl'
+    bad.write_text('{"text": "fine"}\n{"txt": "no"}\n')
+    with pytest.raises(SystemExit, match=r"bad.jsonl:2 has no string field 'text'"):
+        evaluate.main(cfg(samples=str(bad), refs='stories'))
+    good = tmp_path / 'good.jsonl'
+    good.write_text('{"text": "fine"}\n')
+    with pytest.raises(SystemExit, match=r"mauve_model='.*nowhere' cannot be loaded"):  # before any work
+        evaluate.main(cfg(samples=str(good), refs='stories', mauve_features='encoder',
+                          mauve_model=str(tmp_path / 'nowhere')))
+    # and from the command line: exit status 1, one line on stderr, no traceback
+    proc = subprocess.run([sys.executable, 'evaluate.py', '--mode=bogus'], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, HF_HUB_OFFLINE='1'), timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == ["error: unknown mode 'bogus' (use "
+                                                                         "generation, conditional, diagnostics)"]
