@@ -70,7 +70,7 @@ SAMPLERS = ('ddim', 'ancestral', 'heun')
 
 @torch.no_grad()
 def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=None, generator=None,
-           device='cpu', autocast=None):
+           device='cpu', autocast=None, perturb=None):
     """
     Generate normalised latents of `shape` (B, N, d) with `steps` uniform steps from t = 1 down to t_min,
     starting from N(0, I) and carrying the self-conditioning estimate from step to step. Returns the final
@@ -94,6 +94,9 @@ def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=No
     conditionally; guidance=w runs the conditional and the null-source halves in one batched pass and
     uses x0 = x0_c + (w - 1) (x0_c - x0_uncond), so w = 1 is plain conditional (and skips the null half)
     and w > 1 pushes away from the unconditional prediction.
+
+    perturb(i, z) -> z, if given, may change the state before step i (evaluate.py injects noise mid-
+    trajectory through it for the paper's Fig. 5); it draws no numbers from `generator`.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}' (use one of {', '.join(SAMPLERS)})")
@@ -115,6 +118,8 @@ def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=No
     ts = torch.linspace(1.0, t_min, steps + 1, device=device)
     for i in range(steps):
         t, s = ts[i], ts[i + 1]
+        if perturb is not None:
+            z = perturb(i, z)
         x0 = denoise(z, t, x0)
         a_t, a_s = alpha_bar(t, d), alpha_bar(s, d)
         eps = (z - a_t.sqrt() * x0) / (1 - a_t).sqrt()

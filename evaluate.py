@@ -361,32 +361,14 @@ def diag_decoder_robustness(ae, texts, sigmas, batch_size=64, seed=0):
                 space='unnormalised latents (the compressor output)')
 
 
-@torch.no_grad()
 def sample_with_injection(denoiser, shape, steps, d, t_min, sampler='ddim', seed=0, inject_step=-1, gamma=0.0,
                           device='cpu', ctx=None):
-    """diffusion.sample, step for step and draw for draw (gamma = 0 reproduces it exactly, a test checks),
-    with one hook: after `inject_step` steps, z_t += gamma * xi, with xi from its own generator so that the
-    sampler's noise stream is unchanged and the two runs differ only by the injection. Kept here, short, so
-    that the library sampler stays free of hooks."""
-    generator = torch.Generator(device).manual_seed(seed)                  # as diffusion.generate seeds it
-    z = torch.randn(shape, generator=generator, device=device)
-    x0 = torch.zeros(shape, device=device)
-    ts = torch.linspace(1.0, t_min, steps + 1, device=device)
-    for i in range(steps):
-        if i == inject_step:
-            z = z + gamma * torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)).to(device)
-        t, s = ts[i], ts[i + 1]
-        with ctx or nullcontext():
-            x0 = denoiser(z, t.expand(shape[0]), x0).float()
-        a_t, a_s = alpha_bar(t, d), alpha_bar(s, d)
-        eps = (z - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        if sampler == 'ddim':
-            z = a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
-        else:
-            var = (1 - a_s) / (1 - a_t) * (1 - a_t / a_s)
-            noise = torch.randn(shape, generator=generator, device=device)
-            z = a_s.sqrt() * x0 + (1 - a_s - var).clamp_min(0).sqrt() * eps + var.sqrt() * noise
-    return x0
+    """diffusion.sample seeded as diffusion.generate seeds it, with z_t += gamma * xi before step
+    `inject_step`; xi comes from its own generator, so the sampler's noise stream is unchanged and two runs
+    differ only by the injection (gamma = 0 reproduces the plain run exactly, a test checks)."""
+    xi = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)).to(device)
+    return sample(denoiser, shape, steps, d, t_min, sampler, generator=torch.Generator(device).manual_seed(seed),
+                  device=device, autocast=ctx, perturb=lambda i, z: z + gamma * xi if i == inject_step else z)
 
 
 @torch.no_grad()
@@ -748,8 +730,6 @@ def run_diagnostics(cfg, env):
     for name in names:
         if denoiser is None and name not in AE_ONLY:
             common.die(f"diagnostic '{name}' needs a diffusion checkpoint: pass ckpt=PATH")
-    if 'diffusion_robustness' in names and cfg['sampler'] not in ('ddim', 'ancestral'):
-        common.die("diffusion_robustness mirrors the 'ddim' and 'ancestral' samplers only: pass --sampler=ddim")
     path = cfg['ckpt'] or cfg['ae_ckpt']
     out_dir = cfg['out'] or os.path.join(os.path.dirname(os.path.abspath(path)), 'diagnostics')
     run = ckpt['config']

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 # latent_dim=768, N=16, Nc=128). The resampler's heads are 64 wide (METHOD.md).
 DENOISER_SIZES = {
     'tiny': dict(n_layers=2, dim=64, n_heads=2),
+    'mini': dict(n_layers=4, dim=128, n_heads=4),
     'small': dict(n_layers=6, dim=384, n_heads=6),
     'base': dict(n_layers=12, dim=768, n_heads=12),
 }

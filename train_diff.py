@@ -57,7 +57,7 @@ config = dict(
     cond_layers=12,              # layers of the trainable source encoder (the paper: 12)
     cond_drop=0.1,               # share of training examples that see the null source (classifier-free guidance)
     # model (paper App. C): a named size from model.DENOISER_SIZES
-    size='base',                 # 'tiny', 'small' or 'base' (12 layers x 768 x 12 heads)
+    size='base',                 # 'tiny', 'mini', 'small' or 'base' (12 layers x 768 x 12 heads)
     # diffusion (paper Sec. 6, Table 7)
     schedule_d=5.0,              # d of alpha(t) = 1 / (1 + d^2 tan^2(pi t / 2)): ROCStories 5, Wikipedia 3
     t_min=1e-3,                  # t ~ U(t_min, 1) in training; sampling ends at t_min

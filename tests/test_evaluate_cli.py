@@ -117,9 +117,9 @@ def test_diagnostics_without_ppl_model_and_autoencoder_only(run, tmp_path):
         evaluate.main(cfg(mode='diagnostics', ae_ckpt=run['ae'], diags='mismatch', out=str(tmp_path / 'c')))
 
 
-@pytest.mark.parametrize('sampler', ['ddim', 'ancestral'])
+@pytest.mark.parametrize('sampler', ['ddim', 'ancestral', 'heun'])
 def test_injection_loop_mirrors_the_sampler(run, sampler):
-    # the diagnostics' local Euler loop is diffusion.sample plus a hook: with gamma = 0 it is the same run
+    # the diagnostics' injection is diffusion.sample's perturb hook: with gamma = 0 it is the plain run
     from diffusion import load_pipeline, sample
     denoiser, ae, ckpt = load_pipeline(run['diff'])
     d, shape = ckpt['diffusion_args'], (3, ae.args['n_latents'], ae.args['dim'])

@@ -1,0 +1,20 @@
+# XSum summarisation: article (512 tokens) -> summary (paper Sec. 7, Table 7: schedule d = 7.0,
+# 100000 steps, batch 1024, AdamW 2e-4, EMA 0.9999). Pairs from: python data/prepare_pairs.py xsum
+# The target length is the autoencoder's max_len; the source is cut at src_max_len (both counted).
+out_dir = 'out/cond_xsum'
+task = 'conditional'
+ae_ckpt = 'out/ae_wiki_l512_n128/ckpt.pt'
+data = 'data/xsum/train.jsonl'
+val_data = 'data/xsum/validation.jsonl'
+src_max_len = 512
+cond_layers = 12
+cond_drop = 0.1
+size = 'base'
+schedule_d = 7.0
+batch_size = 1024
+micro_batch_size = 128
+max_steps = 100000
+ema_decay = 0.9999
+eval_interval = 5000
+# start from an unconditional model trained on the same autoencoder, as the paper does:
+# init_from = 'pretrained'; pretrained_ckpt = 'out/diff_.../ckpt.pt'
