@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import sys
 
 from common import die
 
@@ -92,25 +93,27 @@ def story_pairs(n, seed):
 # loading
 
 
-def _read_local(path, text_field):
-    if not os.path.isfile(path):
+def read_lines(path):
+    """The non-blank lines of a file ('-' = standard input), or one clear line if it is not there."""
+    if path != '-' and not os.path.isfile(path):
         die(f"data file '{path}' not found")
-    texts = []
-    with open(path, encoding='utf-8') as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if path.endswith('.jsonl'):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    die(f"{path}:{i} is not valid JSON ({e.msg})")
-                if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-                    die(f"{path}:{i} has no string field '{text_field}'")
-                texts.append(row[text_field])
-            else:
-                texts.append(line.rstrip('\n'))
-    return texts
+    f = sys.stdin if path == '-' else open(path, encoding='utf-8')
+    return [(i, line.rstrip('\n')) for i, line in enumerate(f, 1) if line.strip()]
+
+
+def read_jsonl(path, fields):
+    """The rows (dicts) of a JSONL file, each checked to hold a string under every name in `fields`."""
+    rows = []
+    for i, line in read_lines(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            die(f"{path}:{i} is not valid JSON ({e.msg})")
+        missing = [k for k in fields if not (isinstance(row, dict) and isinstance(row.get(k), str))]
+        if missing:
+            die(f"{path}:{i} has no string field '{missing[0]}'")
+        rows.append(row)
+    return rows
 
 
 def load_texts(spec, split='train', text_field='text', n_stories=20000, seed=0):
@@ -131,7 +134,10 @@ def load_texts(spec, split='train', text_field='text', n_stories=20000, seed=0):
         return HubTexts(texts, text_field)
     if not spec.endswith(('.txt', '.jsonl')):
         die(f"data '{spec}' is not 'stories', 'hf:NAME[:CONFIG]', or a .txt/.jsonl file")
-    texts = _read_local(spec, text_field)
+    if spec.endswith('.jsonl'):
+        texts = [row[text_field] for row in read_jsonl(spec, [text_field])]
+    else:
+        texts = [line for _, line in read_lines(spec)]
     if not texts:
         die(f"data file '{spec}' holds no texts")
     return texts
@@ -161,21 +167,7 @@ def load_pairs(spec, split='train', n_stories=20000, seed=0):
         return story_pairs(n_stories, seed=seed if split == 'train' else seed + 1_000_003)
     if not spec.endswith('.jsonl'):
         die(f"pairs data '{spec}' is not 'stories' or a .jsonl file of source/target lines")
-    if not os.path.isfile(spec):
-        die(f"data file '{spec}' not found")
-    pairs = []
-    with open(spec, encoding='utf-8') as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                die(f"{spec}:{i} is not valid JSON ({e.msg})")
-            for key in ('source', 'target'):
-                if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                    die(f"{spec}:{i} has no string field '{key}'")
-            pairs.append(dict(source=row['source'], target=row['target']))
+    pairs = [dict(source=row['source'], target=row['target']) for row in read_jsonl(spec, ['source', 'target'])]
     if not pairs:
         die(f"data file '{spec}' holds no pairs")
     return pairs

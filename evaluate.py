@@ -33,7 +33,7 @@ import torch
 
 import common
 from autoencoder import load_autoencoder, resolve_encoder
-from corpus import is_valid_story, load_texts, split_off, take
+from corpus import is_valid_story, load_texts, read_jsonl, split_off, take
 from diffusion import SAMPLERS, alpha_bar, generate, load_pipeline, q_sample, sample
 
 # ---- generation metrics ----
@@ -517,24 +517,14 @@ def floats(cfg, key):
         common.die(f"config key '{key}' must be comma-separated numbers, got '{cfg[key]}'")
 
 
-def read_jsonl(path, fields):
-    """The rows of a JSONL file, each with string `fields`, grouped by their 'seed' field when they have one
-    (sample.py writes it) so that metrics get a mean and std over seeds. Bad input ends in one line."""
+def read_samples(path, fields):
+    """The rows of a samples JSONL, each with string `fields`, grouped by their 'seed' field when they have
+    one (sample.py writes it) so that metrics get a mean and std over seeds. Bad input ends in one line."""
     if not os.path.isfile(path):
         common.die(f"samples file '{path}' not found")
     groups = {}
-    with open(path, encoding='utf-8') as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                common.die(f"{path}:{i} is not valid JSON ({e.msg})")
-            missing = [k for k in fields if not (isinstance(row, dict) and isinstance(row.get(k), str))]
-            if missing:
-                common.die(f"{path}:{i} has no string field '{missing[0]}'")
-            groups.setdefault(row.get('seed', 0), []).append(row)
+    for row in read_jsonl(path, fields):
+        groups.setdefault(row.get('seed', 0), []).append(row)
     if not groups:
         common.die(f"samples file '{path}' holds no rows")
     return dict(sorted(groups.items()))
@@ -615,7 +605,7 @@ def report(per_seed, by, out, head):
 def run_generation(cfg, env):
     run, groups = None, None
     if cfg['samples']:                                                        # score a file of texts
-        rows = read_jsonl(cfg['samples'], [cfg['text_field']])
+        rows = read_samples(cfg['samples'], [cfg['text_field']])
         made = recorded(cfg['samples'], rows)
         groups = {seed: [r[cfg['text_field']] for r in group] for seed, group in rows.items()}
         out = cfg['out'] or os.path.splitext(cfg['samples'])[0] + '.eval.json'
@@ -693,7 +683,7 @@ def run_generation(cfg, env):
 def run_conditional(cfg, env):
     if not cfg['samples']:
         common.die("mode=conditional needs samples=PATH, a JSONL of {source, target, generation}")
-    groups = read_jsonl(cfg['samples'], ['source', 'target', 'generation'])
+    groups = read_samples(cfg['samples'], ['source', 'target', 'generation'])
     model = resolve_encoder(cfg['bertscore_model'])
     check_model(model, 'bertscore_model')
     per_seed = []

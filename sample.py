@@ -10,11 +10,11 @@ Everything about the models (sizes, schedule d, t_min, latent statistics) comes 
 never from flags typed again.
 """
 import json
-import os
 import sys
 import time
 
 import common
+from corpus import read_jsonl, read_lines
 from diffusion import SAMPLERS, generate, load_pipeline
 
 config = dict(
@@ -36,23 +36,10 @@ config = dict(
 
 def read_sources(spec):
     """Sources for a conditional model: .jsonl rows with 'source' (and optionally 'target'), else lines."""
-    if spec != '-' and not os.path.isfile(spec):
-        common.die(f"sources file '{spec}' not found")
-    lines = (sys.stdin if spec == '-' else open(spec, encoding='utf-8')).read().splitlines()
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if not spec.endswith('.jsonl'):
-            rows.append(dict(source=line))
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            common.die(f"{spec}:{i} is not valid JSON ({e.msg})")
-        if not isinstance(row, dict) or not isinstance(row.get('source'), str):
-            common.die(f"{spec}:{i} has no string field 'source'")
-        rows.append({k: row[k] for k in ('source', 'target') if k in row})
+    if spec.endswith('.jsonl'):
+        rows = [{k: row[k] for k in ('source', 'target') if k in row} for row in read_jsonl(spec, ['source'])]
+    else:
+        rows = [dict(source=line) for _, line in read_lines(spec)]
     if not rows:
         common.die(f"no sources in '{spec}'")
     return rows
@@ -75,7 +62,7 @@ def main(cfg):
             print(f"# {n_cut} of {len(rows)} sources were longer than {d['src_max_len']} tokens and were cut",
                   file=sys.stderr)
         cond = ae.encode(ids=ids, mask=mask, normalize=True)
-        guidance = None if cfg['guidance'] == 1.0 else cfg['guidance']
+        guidance = cfg['guidance']
     elif cfg['sources']:
         common.die(f"'{cfg['ckpt']}' is an unconditional model: it takes no --sources")
     n = len(rows) if rows is not None else cfg['num_samples']

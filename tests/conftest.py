@@ -12,6 +12,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 
+@pytest.fixture(autouse=True, scope='session')
+def one_thread():
+    """
+    One intra-op thread for the whole suite: these tensors are tiny, and on a 2-core machine two threads
+    (torch's, and faiss's under mauve-text's k-means) that compete with anything else running are many
+    times slower than one. The DDP tests' subprocesses get OMP_NUM_THREADS=1 for the same reason.
+    """
+    import faiss  # installed with mauve-text (requirements.txt)
+    import torch
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope='session')
 def tiny_encoder_path(tmp_path_factory):
     import torch

@@ -91,7 +91,6 @@ def test_small_task_learns_far_beyond_unconditional(tiny_encoder_path, tmp_path)
             f.writelines(json.dumps(r) + '\n' for r in rows)
     with open(tmp_path / 'texts.txt', 'w') as f:
         f.writelines(r['target'] + '\n' for r in pairs)
-    torch.set_num_threads(1)
     train_ae.main(dict(train_ae.config, data=str(tmp_path / 'texts.txt'), val_data=str(tmp_path / 'texts.txt'),
                        encoder=tiny_encoder_path, max_len=6, n_latents=2, n_layers=1, head_dim=16, batch_size=32,
                        micro_batch_size=32, max_steps=300, eval_interval=300, log_interval=100, lr=2e-3, warmup=20,

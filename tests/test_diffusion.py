@@ -13,14 +13,6 @@ import torch.nn as nn
 from diffusion import alpha_bar, diffusion_loss, ema_update, q_sample, sample
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # Small tensors gain nothing from a second thread, and on a shared 2-core machine two intra-op
-    # threads competing with other processes made the 200-step sampler 100x slower (0.1 s -> 10 s).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 # -----------------------------------------------------------------------------
 # schedule and forward process

@@ -22,17 +22,6 @@ from diffusion import SAMPLERS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny tensors leave nothing to parallelise, and the 2-core test box is shared: one thread is faster.
-    mauve-text's k-means (faiss) spins its own OpenMP threads; both are restored for the next module."""
-    import faiss  # installed with mauve-text (requirements.txt)
-    n_torch, n_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(n_torch)
-    faiss.omp_set_num_threads(n_faiss)
 
 
 @pytest.fixture(scope='module')

@@ -142,20 +142,9 @@ def code(rng, n):
             for _ in range(n)]
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny inputs leave nothing to parallelize, and on a busy 2-core box spinning OpenMP threads made this
-    test take 35 s instead of 5-10 s; one thread keeps it quick whatever else runs."""
-    faiss = pytest.importorskip('faiss')  # mauve-text's k-means
-    n_torch, n_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(n_torch)
-    faiss.omp_set_num_threads(n_faiss)
 
 
-def test_mauve_offline_encoder(one_thread):
+def test_mauve_offline_encoder():
     pytest.importorskip('mauve')
     path, rng = minilm_path(), random.Random(0)
     sample, other_sample, unrelated = stories(rng, 100), stories(rng, 100), code(rng, 100)

@@ -11,14 +11,6 @@ from autoencoder import Autoencoder
 from model import DENOISER_SIZES, Attention, Denoiser, PerceiverResampler
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # Tiny tensors gain nothing from a second intra-op thread, and on a shared 2-core machine two threads
-    # competing with other processes are many times slower than one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _padded_batch(B=3, L=10, D=32, lengths=(10, 6, 3), seed=0):

@@ -1,0 +1,236 @@
+"""
+Time COSMOS on whatever device there is and print one table: sampling (each sampler, each N) and one
+training step of the denoiser and of the autoencoder: s/batch, samples/s, tokens/s, TFLOP/s, MFU, memory.
+
+    python bench.py                                        # CUDA: the paper's sizes; no CUDA: tiny sizes
+    python bench.py --tiny=True                            # tiny sizes on any device (what the test runs)
+    python bench.py --n_latents=16,128 --samplers=ddim --compile_mode=max-autotune-no-cudagraphs
+
+Sampling = diffusion.sample at the paper's denoiser ('base'), batch 512, plus the decode to token ids
+(denormalise, decompressor, token head, argmax) at the paper's autoencoder size. ids -> strings (the
+tokenizer, CPU work after the GPU is done) is NOT timed. Sampling MFU counts the denoiser's FLOPs only, so
+the decode makes it read a little low. Training = one optimizer step on a micro-batch as train_diff.py and
+train_ae.py run it (forward, backward, clip, AdamW; EMA for the denoiser); random states stand in for the
+frozen encoder, which is neither run nor counted. Random weights: cost does not depend on what was learned.
+
+Results: NO GPU NUMBERS HAVE BEEN RECORDED YET. The session that wrote this file had no GPU; only the tiny
+CPU smoke test has run. Paste measured tables here (device, torch version, commit, flags), never estimates;
+the paper's A100 times to compare with are in METHOD.md Sec. 4.
+"""
+import copy
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+import common
+from autoencoder import Autoencoder
+from diffusion import SAMPLERS, diffusion_loss, ema_update, sample
+from model import DENOISER_SIZES, Denoiser
+
+config = dict(
+    device='auto',               # 'auto' (CUDA when there is one), 'cpu', 'cuda', 'cuda:1'
+    tiny=False,                  # tiny sizes (TINY below); automatic without CUDA, so CPU runs take seconds
+    # sampling (paper Sec. 6.1: 512 samples, one GPU, bf16)
+    batch_size=512,              # samples per sampling batch
+    steps=200,                   # sampler steps; 'heun' does 2 * steps - 1 denoiser passes
+    n_latents='16,32,128',       # the N values to time, comma-separated
+    samplers=','.join(SAMPLERS), # comma-separated subset of diffusion.SAMPLERS
+    size='base',                 # denoiser size in model.DENOISER_SIZES ('base' = 12 layers x 768 x 12 heads)
+    # autoencoder (paper Sec. 4.1 on bert-base); ae_dim is also the denoiser's latent_dim
+    ae_dim=768,
+    ae_layers=12,                # blocks in the compressor and in the decompressor
+    ae_head_dim=64,
+    max_len=128,                 # L, tokens decoded per sample
+    vocab_size=30522,            # BERT's vocabulary: the token head is d x 30522
+    # training: the micro-batches of train_diff.py and train_ae.py
+    train_batch_size=256,
+    ae_batch_size=64,
+    # system
+    dtype='bfloat16',            # autocast dtype on CUDA; CPU runs stay fp32
+    compile=True,                # torch.compile on CUDA (CPU stays eager: inductor there needs a C compiler)
+    compile_mode='default',      # 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune-no-cudagraphs'
+    warmup=2,                    # untimed calls first: compilation and autotuning happen there
+    repeats=3,                   # timed calls; the median is reported
+    peak_tflops=0.0,             # the device's bf16 dense peak in TFLOP/s; 0 = look it up in PEAK_FLOPS
+    seed=1337,
+)
+# Tiny sizes replace the defaults (flags still win) under --tiny=True or without CUDA.
+TINY = dict(batch_size=4, steps=3, n_latents='4', size='tiny', ae_dim=32, ae_layers=1, ae_head_dim=16,
+            max_len=16, vocab_size=1000, train_batch_size=4, ae_batch_size=4, warmup=1, repeats=2)
+# bf16 dense tensor-core peaks (NVIDIA datasheets; their 'with sparsity' figures are twice these). The first
+# name found in torch.cuda.get_device_name() wins; other devices: --peak_tflops, else MFU prints '-'.
+PEAK_FLOPS = [('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12), ('H200', 989e12), ('A100', 312e12)]
+
+
+def get_config(argv):
+    cfg = common.configure(config, argv)
+    cuda = cfg['device'].startswith('cuda') or (cfg['device'] == 'auto' and torch.cuda.is_available())
+    return common.configure({**config, **TINY}, argv) if cfg['tiny'] or not cuda else cfg
+
+
+# -----------------------------------------------------------------------------
+# FLOPs = 2 x multiply-adds (MACs) of every nn.Linear (x (T, i) @ W (i, o) is T*i*o MACs) and of attention's
+# QK^T and AV (B*H*Nq*Nk*head_dim MACs each, = Nq*Nk*D per example as H*head_dim = D). Not counted:
+# LayerNorm, GELU/SiLU, softmax, residual adds, sinusoidal time features, the sampler's own arithmetic
+# (elementwise, memory-bound, ~1%). torch.utils.flop_counter counts the same; tests/test_bench.py checks it.
+
+
+def denoiser_flops(args, batch, n_latents):
+    """
+    Forward FLOPs of one unconditional Denoiser call (args: latent_dim c, dim D, n_layers n). Per position:
+    each block q D*D + kv D*2D + out D*D + MLP D*4D + 4D*D = 12 D^2 and attention 2 N D; before each block
+    sc_proj c*D; skip_proj 2D*D in the second half (n // 2); in_proj c*D and out_proj D*c once. Per example
+    (counted, though ~1/N of the rest): the time MLP 2 D^2 and time_proj D*D before each block.
+    """
+    assert not args.get('cond_layers'), "counts the unconditional denoiser (the paper's speed setting)"
+    c, D, n, N = args['latent_dim'], args['dim'], args['n_layers'], n_latents
+    per_position = n * (12 * D * D + 2 * N * D + c * D) + (n // 2) * 2 * D * D + 2 * c * D
+    return 2 * batch * (N * per_position + (2 + n) * D * D)
+
+
+def sampling_flops(args, batch, n_latents, steps, sampler):
+    passes = 2 * steps - 1 if sampler == 'heun' else steps  # heun's first step is a plain Euler step
+    return passes * denoiser_flops(args, batch, n_latents)
+
+
+def resampler_flops(n_queries, n_inputs, dim, n_layers, batch):
+    """PerceiverResampler forward: per block q, out, MLP (10 D^2) per query, kv (2 D^2) per key (Nq + Lh
+    of them), QK^T + AV (2 (Nq + Lh) D) per query."""
+    keys = n_queries + n_inputs
+    return 2 * batch * n_layers * (10 * n_queries * dim ** 2 + 2 * keys * dim ** 2 + 2 * n_queries * keys * dim)
+
+
+def ae_train_flops(args, batch):
+    """Compressor (N over L) + decompressor (L over N) + token head, x3 for forward + backward (the backward
+    computes gradients of activations and of weights: 2x forward). The frozen encoder is not counted."""
+    d, L, N, layers = args['dim'], args['max_len'], args['n_latents'], args['n_layers']
+    return 3 * (resampler_flops(N, L, d, layers, batch) + resampler_flops(L, N, d, layers, batch)
+                + 2 * batch * L * d * args['vocab_size'])
+
+
+# -----------------------------------------------------------------------------
+
+
+def timeit(fn, warmup, repeats, device_type):
+    """Median seconds of fn() over `repeats` calls after `warmup` untimed ones (compilation happens there)."""
+    for _ in range(warmup):
+        fn()
+    sync, times = getattr(torch, device_type).synchronize, []
+    for _ in range(repeats):
+        if device_type == 'cuda':  # events on the stream: no host sync inside the timed region
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(cfg):
+    env = common.setup(cfg['device'], cfg['seed'])
+    device, cuda = env['device'], env['device_type'] == 'cuda'
+    ctx = common.autocast(env['device_type'], cfg['dtype'])
+    samplers, ns = cfg['samplers'].split(','), cfg['n_latents'].split(',')
+    if cfg['size'] not in DENOISER_SIZES or not set(samplers) <= set(SAMPLERS) or not all(n.isdigit() for n in ns):
+        common.die(f"size must be one of {', '.join(DENOISER_SIZES)}, samplers a subset of {','.join(SAMPLERS)} and "
+                   f"n_latents integers like 16,32,128 (got {cfg['size']!r}, {cfg['samplers']!r}, {cfg['n_latents']!r})")
+    d, L, B, steps = cfg['ae_dim'], cfg['max_len'], cfg['batch_size'], cfg['steps']
+    size = dict(latent_dim=d, **DENOISER_SIZES[cfg['size']])
+    use_compile, mode = cfg['compile'] and cuda, None if cfg['compile_mode'] == 'default' else cfg['compile_mode']
+    # dynamic=False: each shape gets its own specialised kernels (dynamo would otherwise switch to
+    # dynamic-shape kernels once it sees the sampling and the training batch on one model)
+    compile = (lambda m: torch.compile(m, mode=mode, dynamic=False)) if use_compile else (lambda m: m)
+    name = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
+    peak = cfg['peak_tflops'] * 1e12 or (next((p for k, p in PEAK_FLOPS if k in name), 0.0) if cuda else 0.0)
+    rows = []
+
+    def bench(task, sampler, N, batch, fn, flops):
+        print(f"timing {task} {sampler} N={N} batch={batch} ...", file=sys.stderr, flush=True)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        secs = timeit(fn, cfg['warmup'], cfg['repeats'], env['device_type'])
+        rows.append(dict(task=task, sampler=sampler, N=N, batch=batch, secs=secs, flops=flops,
+                         mem=f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f}" if cuda else '-'))
+
+    for N in map(int, ns):
+        # a fresh model per N: forget the last N's graphs, or dynamo's recompile limit (8 per function)
+        # would silently send the later N back to eager
+        torch.compiler.reset()
+        torch.manual_seed(cfg['seed'])
+        raw = Denoiser(n_latents=N, **size).to(device).eval()
+        denoiser = compile(raw)  # the raw module stays for the optimizer and the EMA copy
+        ae_args = dict(encoder='none', dim=d, vocab_size=cfg['vocab_size'], max_len=L, n_latents=N,
+                       n_layers=cfg['ae_layers'], head_dim=cfg['ae_head_dim'], n_heads=d // cfg['ae_head_dim'],
+                       kl_beta=0.0)
+        ae = Autoencoder(ae_args).to(device).eval()                        # no TextEncoder: decoding stops at ids
+        decoder = compile(nn.Sequential(ae.decompressor, ae.token_head))  # what ae.decode runs before the tokenizer
+
+        for sampler in samplers:  # schedule d = 5 and t_min = 1e-3 (train_diff.py's) do not change the cost
+            @torch.no_grad()
+            def generate():
+                z = sample(denoiser, (B, N, d), steps, 5.0, 1e-3, sampler, device=device, autocast=ctx)
+                with ctx:
+                    return decoder(ae.denormalize_z(z)).argmax(-1)        # (B, L) token ids
+            bench('sample', sampler, N, B, generate, sampling_flops(size, B, N, steps, sampler))
+
+        # denoiser step. Self-conditioning's no-grad pass runs on the whole batch (diffusion_loss keeps shapes
+        # static for compile), so FLOPs = 1x forward (no grad) + 3x (forward + backward) = 4x forward
+        Bt = cfg['train_batch_size']
+        z0 = torch.randn(Bt, N, d, device=device)
+        ema = copy.deepcopy(raw.train()).requires_grad_(False)
+        opt = common.make_optimizer(raw, 1e-4, (0.9, 0.98), 0.01)
+
+        def denoiser_step():
+            with ctx:
+                loss = diffusion_loss(denoiser, z0, 5.0, 1e-3, self_cond_prob=0.5)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema_update(ema, raw, 0.9999)
+        bench('train-diff', '-', N, Bt, denoiser_step, 4 * denoiser_flops(size, Bt, N))
+
+        # autoencoder step with train_ae.py's default recipe; random states stand in for the frozen encoder
+        Ba = cfg['ae_batch_size']
+        h, ids = torch.randn(Ba, L, d, device=device), torch.randint(cfg['vocab_size'], (Ba, L), device=device)
+        mask = torch.ones(Ba, L, dtype=torch.bool, device=device)  # a mask, as in training (rules out flash SDPA)
+        model, opt = compile(ae.train()), common.make_optimizer(ae, 1e-4, (0.9, 0.98), 0.01)
+
+        def ae_step():
+            with ctx:
+                loss, _ = model(h, ids, mask, act_mask=0.3, act_delta=0.7, latent_dropout=0.4)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        bench('train-ae', '-', N, Ba, ae_step, ae_train_flops(ae_args, Ba))
+        del raw, denoiser, ema, ae, decoder, model, opt  # free this N's memory before the next
+
+    peak_str = f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown (MFU '-')"
+    print(f"\nbench.py | {name} | torch {torch.__version__} | {cfg['dtype'] if cuda else 'float32'} | compile="
+          f"{cfg['compile_mode'] if use_compile else 'off'} | bf16 peak {peak_str}")
+    print(f"sample: denoiser '{cfg['size']}', {steps} steps + decode to ids at L={L} (tokenizer not timed; MFU counts "
+          f"the denoiser only) | train: one optimizer step per micro-batch | median of {cfg['repeats']}")
+    print(f"{'task':<11}{'sampler':<10}{'N':>5}{'batch':>7}{'s/batch':>10}{'samples/s':>11}{'tokens/s':>11}"
+          f"{'TFLOP/s':>9}{'MFU':>7}{'mem GiB':>9}")
+    for r in rows:
+        flops_s = r['flops'] / r['secs']
+        mfu = f"{100 * flops_s / peak:.1f}%" if peak else '-'
+        print(f"{r['task']:<11}{r['sampler']:<10}{r['N']:>5}{r['batch']:>7}{r['secs']:>10.4f}"
+              f"{r['batch'] / r['secs']:>11.1f}{r['batch'] * L / r['secs']:>11.0f}{flops_s / 1e12:>9.3g}{mfu:>7}{r['mem']:>9}")
+    common.teardown(env)
+    return rows
+
+
+if __name__ == '__main__':
+    main(get_config(sys.argv[1:]))
