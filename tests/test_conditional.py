@@ -6,6 +6,7 @@ unconditional model reaches. Bad pair files end in one line.
 import json
 import os
 import random
+import re
 
 import pytest
 import torch
@@ -67,11 +68,34 @@ def test_guidance_formula():
 def test_pair_file_errors(tmp_path):
     bad = tmp_path / 'bad.jsonl'
     bad.write_text(json.dumps(dict(source='a')) + '\n')
-    with pytest.raises(SystemExit, match="has no string field 'target'"):
+    with pytest.raises(SystemExit, match="bad.jsonl:1 has no string field 'target'"):
+        load_pairs(str(bad))
+    bad.write_text(json.dumps(dict(source='a', target='b')) + '\n' + json.dumps(dict(src='a', target='b')) + '\n')
+    with pytest.raises(SystemExit, match="bad.jsonl:2 has no string field 'source'"):
         load_pairs(str(bad))
     (tmp_path / 'empty.jsonl').write_text('\n')
     with pytest.raises(SystemExit, match='holds no pairs'):
         load_pairs(str(tmp_path / 'empty.jsonl'))
+
+
+def test_long_sources_are_cut_and_counted(tiny_encoder_path, tmp_path):
+    pairs = [dict(source='red ' * (30 if i % 4 == 0 else 2), target='big dog') for i in range(40)]
+    with open(tmp_path / 'pairs.jsonl', 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in pairs)
+    (tmp_path / 'texts.txt').write_text('big dog\nred red\n' * 20)
+    train_ae.main(dict(train_ae.config, data=str(tmp_path / 'texts.txt'), val_size=8, eval_size=8,
+                       encoder=tiny_encoder_path, max_len=8, n_latents=2, n_layers=1, head_dim=16, batch_size=8,
+                       micro_batch_size=8, max_steps=1, eval_interval=1, device='cpu', compile=False,
+                       out_dir=str(tmp_path / 'ae'), stats_size=8))
+    train_diff.main(dict(train_diff.config, task='conditional', data=str(tmp_path / 'pairs.jsonl'), val_size=8,
+                         eval_size=8, ae_ckpt=str(tmp_path / 'ae' / 'ckpt.pt'), size='tiny', cond_layers=1,
+                         src_max_len=12, batch_size=8, micro_batch_size=8, max_steps=1, eval_interval=1,
+                         eval_samples=1, sample_steps=1, device='cpu', compile=False, out_dir=str(tmp_path / 'd')))
+    log = open(tmp_path / 'd' / 'log.txt').read()
+    # 40 pairs, every 4th source 30 words long (32 tokens with [CLS] and [SEP]) against src_max_len = 12;
+    # split_off holds 8 out, so the two source caches together hold the 10 long ones
+    cuts = [int(n) for n in re.findall(r"latents '(?:train|val)_src12': \d+ texts, (\d+) longer than 12", log)]
+    assert len(cuts) == 2 and sum(cuts) == 10, log
 
 
 WORDS = ['red', 'blue', 'green', 'big', 'small', 'old', 'new', 'hot', 'cold', 'dark']
