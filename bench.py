@@ -6,12 +6,11 @@ training step of the denoiser and of the autoencoder: s/batch, samples/s, tokens
     python bench.py --tiny=True                            # tiny sizes on any device (what the test runs)
     python bench.py --n_latents=16,128 --samplers=ddim --compile_mode=max-autotune-no-cudagraphs
 
-Sampling = diffusion.sample at the paper's denoiser ('base'), batch 512, plus the decode to token ids
-(denormalise, decompressor, token head, argmax) at the paper's autoencoder size. ids -> strings (the
-tokenizer, CPU work after the GPU is done) is NOT timed. Sampling MFU counts the denoiser's FLOPs only, so
-the decode makes it read a little low. Training = one optimizer step on a micro-batch as train_diff.py and
-train_ae.py run it (forward, backward, clip, AdamW; EMA for the denoiser); random states stand in for the
-frozen encoder, which is neither run nor counted. Random weights: cost does not depend on what was learned.
+Sampling = diffusion.sample ('base' denoiser, batch 512) plus the decode to token ids (denormalise,
+decompressor, token head, argmax) at the paper's autoencoder size; ids -> strings (the tokenizer, CPU work)
+is NOT timed. Its MFU counts the denoiser's FLOPs only (the decode is timed, not counted: MFU reads a bit low).
+Training = one optimizer step on a micro-batch as train_diff.py / train_ae.py run it (forward, backward,
+clip, AdamW; EMA for the denoiser). Random states stand in for the frozen encoder, neither run nor counted.
 
 Results: NO GPU NUMBERS HAVE BEEN RECORDED YET. The session that wrote this file had no GPU; only the tiny
 CPU smoke test has run. Paste measured tables here (device, torch version, commit, flags), never estimates;
@@ -75,7 +74,7 @@ def get_config(argv):
 # FLOPs = 2 x multiply-adds (MACs) of every nn.Linear (x (T, i) @ W (i, o) is T*i*o MACs) and of attention's
 # QK^T and AV (B*H*Nq*Nk*head_dim MACs each, = Nq*Nk*D per example as H*head_dim = D). Not counted:
 # LayerNorm, GELU/SiLU, softmax, residual adds, sinusoidal time features, the sampler's own arithmetic
-# (elementwise, memory-bound, ~1%). torch.utils.flop_counter counts the same; tests/test_bench.py checks it.
+# (elementwise: < 1% of the FLOPs). torch.utils.flop_counter counts the same; tests/test_bench.py checks it.
 
 
 def denoiser_flops(args, batch, n_latents):
@@ -142,8 +141,8 @@ def main(cfg):
     ctx = common.autocast(env['device_type'], cfg['dtype'])
     samplers, ns = cfg['samplers'].split(','), cfg['n_latents'].split(',')
     if cfg['size'] not in DENOISER_SIZES or not set(samplers) <= set(SAMPLERS) or not all(n.isdigit() for n in ns):
-        common.die(f"size must be one of {', '.join(DENOISER_SIZES)}, samplers a subset of {','.join(SAMPLERS)} and "
-                   f"n_latents integers like 16,32,128 (got {cfg['size']!r}, {cfg['samplers']!r}, {cfg['n_latents']!r})")
+        common.die(f"size must be one of {', '.join(DENOISER_SIZES)}, samplers a subset of {','.join(SAMPLERS)}, "
+                   f"n_latents integers like 16,32,128; got {cfg['size']!r}, {cfg['samplers']!r}, {cfg['n_latents']!r}")
     d, L, B, steps = cfg['ae_dim'], cfg['max_len'], cfg['batch_size'], cfg['steps']
     size = dict(latent_dim=d, **DENOISER_SIZES[cfg['size']])
     use_compile, mode = cfg['compile'] and cuda, None if cfg['compile_mode'] == 'default' else cfg['compile_mode']
@@ -184,7 +183,7 @@ def main(cfg):
             bench('sample', sampler, N, B, generate, sampling_flops(size, B, N, steps, sampler))
 
         # denoiser step. Self-conditioning's no-grad pass runs on the whole batch (diffusion_loss keeps shapes
-        # static for compile), so FLOPs = 1x forward (no grad) + 3x (forward + backward) = 4x forward
+        # static for compile), so FLOPs = 1x forward (no grad) + 3x (forward + backward = 2x) = 4x forward
         Bt = cfg['train_batch_size']
         z0 = torch.randn(Bt, N, d, device=device)
         ema = copy.deepcopy(raw.train()).requires_grad_(False)
@@ -220,14 +219,15 @@ def main(cfg):
     print(f"\nbench.py | {name} | torch {torch.__version__} | {cfg['dtype'] if cuda else 'float32'} | compile="
           f"{cfg['compile_mode'] if use_compile else 'off'} | bf16 peak {peak_str}")
     print(f"sample: denoiser '{cfg['size']}', {steps} steps + decode to ids at L={L} (tokenizer not timed; MFU counts "
-          f"the denoiser only) | train: one optimizer step per micro-batch | median of {cfg['repeats']}")
+          f"the denoiser only) | train: one optimizer step per micro-batch | tokens = samples x L | median of "
+          f"{cfg['repeats']}")
     print(f"{'task':<11}{'sampler':<10}{'N':>5}{'batch':>7}{'s/batch':>10}{'samples/s':>11}{'tokens/s':>11}"
           f"{'TFLOP/s':>9}{'MFU':>7}{'mem GiB':>9}")
     for r in rows:
-        flops_s = r['flops'] / r['secs']
+        secs, batch, flops_s = r['secs'], r['batch'], r['flops'] / r['secs']
         mfu = f"{100 * flops_s / peak:.1f}%" if peak else '-'
-        print(f"{r['task']:<11}{r['sampler']:<10}{r['N']:>5}{r['batch']:>7}{r['secs']:>10.4f}"
-              f"{r['batch'] / r['secs']:>11.1f}{r['batch'] * L / r['secs']:>11.0f}{flops_s / 1e12:>9.3g}{mfu:>7}{r['mem']:>9}")
+        print(f"{r['task']:<11}{r['sampler']:<10}{r['N']:>5}{batch:>7}{secs:>10.4f}{batch / secs:>11.1f}"
+              f"{batch * L / secs:>11.0f}{flops_s / 1e12:>9.3g}{mfu:>7}{r['mem']:>9}")
     common.teardown(env)
     return rows
 

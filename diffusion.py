@@ -58,9 +58,8 @@ def diffusion_loss(model, z0, d, t_min, self_cond_prob=0.5, cond=None, cond_drop
 
 @torch.no_grad()
 def ema_update(ema_model, model, decay):
-    """ema <- decay * ema + (1 - decay) * model, parameters and buffers alike."""
-    for e, p in zip(ema_model.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1 - decay)
+    """ema <- decay * ema + (1 - decay) * model, parameters and buffers alike (one fused multi-tensor op)."""
+    torch._foreach_lerp_(list(ema_model.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
     for e, b in zip(ema_model.buffers(), model.buffers()):
         e.copy_(b)
 
@@ -181,6 +180,7 @@ def generate(denoiser, ae, n, steps, schedule_d, t_min, sampler='ddim', seed=0, 
         z = sample(denoiser, (b, *shape), steps, schedule_d, t_min, sampler, cond=c, guidance=guidance,
                    generator=generator, device=device, autocast=autocast)
         z = ae.denormalize_z(z)                                               # back to the autoencoder's space
-        texts += ae.decode(z)[1]
+        with autocast or nullcontext():                                       # decompressor + token head in bf16 on GPU
+            texts += ae.decode(z)[1]
         latents.append(z.cpu())
     return texts, (torch.cat(latents) if latents else torch.empty(0, *shape))
