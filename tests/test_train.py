@@ -239,3 +239,11 @@ def test_end_to_end(tiny_encoder_path, tmp_path):
     assert len(texts) == 3 and all(t.strip() for t in texts)
     rows = [json.loads(l) for l in open(out)]
     assert [row['text'] for row in rows] == texts and rows[0]['steps'] == 5 and rows[0]['sampler'] == 'ddim'
+
+
+def test_diffusion_without_latent_cache(tiny_ae, tmp_path):
+    # cache_latents=False encodes every micro-batch on the fly: same training loop, no train cache on disk
+    train_diff.main(diff_cfg(tiny_ae, tmp_path, max_steps=2, eval_interval=2, cache_latents=False))
+    files = os.listdir(tmp_path)
+    assert 'ckpt.pt' in files and not [f for f in files if f.startswith('latents_') and f.endswith('_train.pt')]
+    assert torch.load(tmp_path / 'ckpt.pt', weights_only=True)['step'] == 2
