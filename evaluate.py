@@ -66,9 +66,15 @@ def diversity(texts):
     return div
 
 
+def ngram_set(texts, n=4):
+    """Every n-gram of words() in `texts`, as a set (build it once for Mem over several seeds)."""
+    return {g for t in texts for g in ngrams(words(t), n)}
+
+
 def memorization(texts, train_texts, n=4):
-    """Mem = share of generated n-grams (repetitions counted) that occur anywhere in the training texts."""
-    train_grams = {g for t in train_texts for g in ngrams(words(t), n)}
+    """Mem = share of generated n-grams (repetitions counted) that occur anywhere in the training texts
+    (`train_texts`, or their ngram_set, built once when Mem is scored for several seeds)."""
+    train_grams = train_texts if isinstance(train_texts, set) else ngram_set(train_texts, n)
     grams = [g for t in texts for g in ngrams(words(t), n)]
     return sum(g in train_grams for g in grams) / len(grams) if grams else 0.0
 
@@ -651,6 +657,7 @@ def run_generation(cfg, env):
             f.writelines(json.dumps(dict(text=t, seed=s, **made)) + '\n' for s, texts in groups.items() for t in texts)
         made['seconds_per_seed'] = seconds
     lm = load_causal_lm(cfg['ppl_model'], env['device']) if cfg['ppl_model'] else None
+    train_grams = ngram_set(train) if train is not None else None            # once, not once per seed
 
     per_seed = []
     for seed, texts in groups.items():
@@ -665,7 +672,7 @@ def run_generation(cfg, env):
         m['div'] = diversity(texts)
         m['ref_div'] = diversity(ref)  # the references' own Div: the paper's 'source text' row, same sample size
         if train is not None:
-            m['mem'] = memorization(texts, train)
+            m['mem'] = memorization(texts, train_grams)
         if stories:  # the embedded corpus has an exact checker: the share of samples that are real stories
             m['valid'] = float(np.mean([is_valid_story(t) for t in texts]))
         per_seed.append((seed, dict(m, **length_stats(texts, ref))))
