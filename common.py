@@ -177,6 +177,22 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
+def gather_rng_states(env):
+    """Every rank's RNG state (a list, rank order), so that each rank resumes its own random stream."""
+    if not env['ddp']:
+        return [rng_state()]
+    states = [None] * env['world_size']
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def restore_rng_states(states, env):
+    """The inverse of gather_rng_states. A run resumed on more processes than it was saved from gives the
+    extra ranks rank 0's stream, so their augmentations repeat rank 0's (exact resume holds
+    only for the same world size)."""
+    set_rng_state(states[env['rank']] if env['rank'] < len(states) else states[0])
+
+
 def save_checkpoint(obj, path):
     """Write to a temporary file in the same folder and rename: a crash never leaves a half-written file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

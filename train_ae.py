@@ -133,7 +133,7 @@ def main(cfg):
     if ckpt is not None:
         common.load_state(raw, ckpt['model'], ckpt_path)
         optimizer.load_state_dict(ckpt['optimizer'])
-        common.set_rng_state(ckpt['rng'][env['rank']] if env['rank'] < len(ckpt['rng']) else ckpt['rng'][0])
+        common.restore_rng_states(ckpt['rng'], env)
         log(f"resumed from {ckpt_path} at step {step}")
     else:
         # encoder statistics mu_h, sigma_h over real tokens of a training sample (the same on every rank)
@@ -190,10 +190,7 @@ def main(cfg):
             log(f"eval {step:>7} | val loss {ev['loss']:.4f} | ce {ev['ce']:.4f} | mse {ev['mse']:.4f}"
                 f" | token acc {ev['acc']:.4f} | exact {ev['exact']:.4f}"
                 f" | truncated {n_truncated}/{n_seen} texts longer than L={args['max_len']}")
-            rng = [common.rng_state()]
-            if env['ddp']:  # every rank's RNG state, so that each resumes its own augmentation stream
-                rng = [None] * env['world_size']
-                torch.distributed.all_gather_object(rng, common.rng_state())
+            rng = common.gather_rng_states(env)  # a collective: every rank calls it
             if master:
                 common.save_checkpoint(dict(stage='autoencoder', model_args=args, model=raw.state_dict(),
                                             optimizer=optimizer.state_dict(), step=step, config=cfg,

@@ -207,7 +207,7 @@ def main(cfg):
         common.load_state(raw, ckpt['model'], ckpt_path)
         common.load_state(ema, ckpt['ema'], ckpt_path)
         optimizer.load_state_dict(ckpt['optimizer'])
-        common.set_rng_state(ckpt['rng'][env['rank']] if env['rank'] < len(ckpt['rng']) else ckpt['rng'][0])
+        common.restore_rng_states(ckpt['rng'], env)
         log(f"resumed from {ckpt_path} at step {step}")
     log(f"denoiser '{cfg['size']}': {sum(p.numel() for p in raw.parameters()) / 1e6:.2f}M parameters, "
         f"{accum} micro-steps x {cfg['micro_batch_size']} x {env['world_size']} processes")
@@ -279,10 +279,7 @@ def main(cfg):
                 extra = f" | exact match {exact:.3f} on {n_gen} held-out sources"
             log(f"eval {step:>7} | val loss (EMA, no self-cond) {val_loss:.4f}{extra} | samples: "
                 + ' | '.join(texts[:4]))
-            rng = [common.rng_state()]
-            if env['ddp']:
-                rng = [None] * env['world_size']
-                torch.distributed.all_gather_object(rng, common.rng_state())
+            rng = common.gather_rng_states(env)  # a collective: every rank calls it
             if master:
                 common.save_checkpoint(dict(stage='diffusion', model_args=args, diffusion_args=diff_args,
                                             model=raw.state_dict(), ema=ema.state_dict(),
