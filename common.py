@@ -12,7 +12,6 @@ import functools
 import math
 import os
 import sys
-import time
 from contextlib import nullcontext
 
 import torch
@@ -233,7 +232,6 @@ class Logger:
 
     def __init__(self, out_dir, master):
         self.path = os.path.join(out_dir, 'log.txt') if master else None
-        self.t0 = time.time()
 
     def __call__(self, msg):
         if self.path is None:

@@ -34,7 +34,7 @@ import torch
 import common
 from autoencoder import load_autoencoder, resolve_encoder
 from corpus import is_valid_story, load_texts, read_jsonl, split_off, take
-from diffusion import SAMPLERS, alpha_bar, generate, load_pipeline, q_sample, sample
+from diffusion import SAMPLERS, generate, load_pipeline, q_sample, sample
 
 # ---- generation metrics ----
 

@@ -4,7 +4,6 @@ is plain conditional sampling, and a small source -> target task learns on the C
 unconditional model reaches. Bad pair files end in one line.
 """
 import json
-import os
 import random
 import re
 

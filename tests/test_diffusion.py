@@ -6,7 +6,6 @@ a few seconds in all.
 """
 import math
 
-import pytest
 import torch
 import torch.nn as nn
 
