@@ -103,7 +103,7 @@ def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=No
     B = shape[0]
 
     def denoise(z, t, sc):
-        tb = t.expand(B)
+        tb = t.expand(B).contiguous()  # the stride training uses: a stride-0 view would recompile a compiled model
         with ctx:
             if cond is None or guidance is None or guidance == 1:             # w = 1: no null pass needed
                 return model(z, tb, sc, cond).float()
