@@ -3,6 +3,7 @@ corpus.py: the embedded story generator and its checker, the local file loaders 
 errors, and the seeded hold-out split. Pure Python, well under a second.
 """
 import json
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,33 @@ def test_split_off():
     with pytest.raises(SystemExit) as e:
         split_off(texts[:10], 10, seed=0)
     _one_line_exit(e, 'val_size')
+
+
+# -----------------------------------------------------------------------------
+# data/prepare_wordnet.py: real English from Debian's wordnet-base
+
+
+def test_prepare_wordnet(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / 'data'))
+    import prepare_wordnet as pw
+    noun = ('  1 This software and database is being provided to you, the LICENSEE, by\n'  # licence header
+            '00006269 03 n 01 life 0 002 @ 00004258 n 0000 | living things collectively; '
+            '"the oceans are teeming with life"  \n'
+            '00005930 03 n 01 dwarf 0 001 @ 00004475 n 0000 | a plant or animal that is atypically small  \n'
+            '00000001 03 n 01 x 0 000 | short gloss; "too short"; "a longer second example here"  \n')
+    assert pw.gloss_texts(noun.splitlines()[1]) == ['living things collectively', 'the oceans are teeming with life']
+    assert pw.gloss_texts(noun.splitlines()[0]) == []
+    assert pw.gloss_texts(noun.splitlines()[3]) == ['a longer second example here']  # two-word texts dropped
+    src = tmp_path / 'wn'
+    src.mkdir()
+    with pytest.raises(SystemExit, match='no data.noun, data.verb, data.adj, data.adv'):
+        pw.main(str(src), str(tmp_path / 'out'))
+    (src / 'data.noun').write_text(noun)
+    for name in ('data.verb', 'data.adj', 'data.adv'):  # the same line in two files is kept once
+        (src / name).write_text(noun.splitlines()[2] + '\n')
+    pw.main(str(src), str(tmp_path / 'out'), n_val=1)
+    val = (tmp_path / 'out' / 'validation.txt').read_text().splitlines()
+    train = (tmp_path / 'out' / 'train.txt').read_text().splitlines()
+    assert len(val) == 1 and len(train) == 3
+    assert sorted(val + train) == sorted(['living things collectively', 'the oceans are teeming with life',
+                                          'a plant or animal that is atypically small', 'a longer second example here'])
