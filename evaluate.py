@@ -305,22 +305,26 @@ def as_seen(ae, texts):
 
 
 @torch.no_grad()
-def diag_reconstruction(ae, texts, batch_size=64):
+def diag_reconstruction(ae, texts, batch_size=64, quality=None, quality_name='none'):
     """Fig. 2's quantity: token accuracy of argmax(token_head(decompress(encode(w)))) against the tokenized w
-    over real tokens ([CLS] ... [SEP]), the exact-match rate (every real token right), and accuracy by position."""
-    hits, real, exact = 0, 0, 0
+    over real tokens ([CLS] ... [SEP]), the exact-match rate (every real token right), and accuracy by position.
+    With `quality` (texts -> number), also the quality of the reconstructed texts: the ceiling of what a
+    generator decoded by this autoencoder can reach (on the story corpus, the share of valid stories)."""
+    hits, real, exact, decoded = 0, 0, 0, []
     by_pos_hits, by_pos_real = torch.zeros(ae.args['max_len']), torch.zeros(ae.args['max_len'])
     for i in range(0, len(texts), batch_size):
         ids, mask, _ = ae.encoder.tokenize(list(texts[i:i + batch_size]), ae.args['max_len'])
         z = ae.encode(ids=ids, mask=mask)
         ids_hat = ae.token_head(ae.decompress(z)).argmax(-1).cpu()
+        decoded += ae.encoder.decode(ids_hat) if quality else []
         hit = (ids_hat == ids) & mask
         hits, real = hits + hit.sum().item(), real + mask.sum().item()
         exact += (hit | ~mask).all(1).sum().item()
         by_pos_hits, by_pos_real = by_pos_hits + hit.sum(0), by_pos_real + mask.sum(0)
     by_pos = (by_pos_hits / by_pos_real.clamp_min(1))[by_pos_real > 0]
-    return dict(token_acc=hits / real, exact_match=exact / len(texts), acc_by_position=by_pos.tolist(),
-                n_texts=len(texts), n_latents=ae.args['n_latents'], max_len=ae.args['max_len'])
+    r = dict(token_acc=hits / real, exact_match=exact / len(texts), acc_by_position=by_pos.tolist(),
+             n_texts=len(texts), n_latents=ae.args['n_latents'], max_len=ae.args['max_len'])
+    return dict(r, quality=quality(decoded), quality_name=quality_name) if quality else r
 
 
 @torch.no_grad()
@@ -735,7 +739,7 @@ def run_diagnostics(cfg, env):
     # what decoded texts are scored with: PPL if a scorer LM is given (the paper), else the exact story checker
     # on the story corpus, else nothing (steps) / the BLEU to the nearer endpoint (smoothness)
     quality, quality_name = None, 'none'
-    if cfg['ppl_model'] and {'smoothness', 'steps'} & set(names):
+    if cfg['ppl_model'] and {'reconstruction', 'smoothness', 'steps'} & set(names):
         check_model(cfg['ppl_model'], 'ppl_model')
         lm = load_causal_lm(cfg['ppl_model'], dev)
         quality, quality_name = (lambda t: perplexity(t, *lm, batch_size=bs, device=dev)), \
@@ -747,10 +751,11 @@ def run_diagnostics(cfg, env):
     for name in names:
         t0, logx = time.time(), False
         if name == 'reconstruction':
-            r = diag_reconstruction(ae, held_out, bs)
+            r = diag_reconstruction(ae, held_out, bs, quality, quality_name)
             x, xlabel = list(range(len(r['acc_by_position']))), 'token position'
             panels = {'token accuracy': {'held-out texts': r['acc_by_position']}}
-            line = f"token acc {r['token_acc']:.4f}, exact match {r['exact_match']:.4f}"
+            line = f"token acc {r['token_acc']:.4f}, exact match {r['exact_match']:.4f}" + (
+                f", reconstructions: {r['quality']:.4f} {quality_name}" if quality else '')
         elif name == 'decoder_robustness':
             r = diag_decoder_robustness(ae, held_out, floats(cfg, 'sigmas'), bs, seed)
             x, xlabel, panels = r['sigma'], 'sigma (unnormalised latent space)', {'BLEU': {'': r['bleu']}}

@@ -94,9 +94,11 @@ def test_every_diagnostic_writes_json_and_png(run, tmp_path):
 
 def test_diagnostics_without_ppl_model_and_autoencoder_only(run, tmp_path):
     # no scorer LM on the story corpus: smoothness and steps score with the exact story checker
-    evaluate.main(cfg(mode='diagnostics', ckpt=run['diff'], ppl_model='', diags='smoothness', diag_n=4,
-                      steps=2, interp_points=2, smooth_t='0.1', out=str(tmp_path / 'a')))
+    evaluate.main(cfg(mode='diagnostics', ckpt=run['diff'], ppl_model='', diags='smoothness,reconstruction',
+                      diag_n=4, steps=2, interp_points=2, smooth_t='0.1', out=str(tmp_path / 'a')))
     assert 'valid stories' in json.loads((tmp_path / 'a' / 'smoothness.json').read_text())['scorer']
+    recon = json.loads((tmp_path / 'a' / 'reconstruction.json').read_text())
+    assert 'valid stories' in recon['quality_name'] and recon['quality'] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 texts
     # an autoencoder alone: 'all' means the diagnostics that need no denoiser
     evaluate.main(cfg(mode='diagnostics', ae_ckpt=run['ae'], ppl_model='', diag_n=4, sigmas='0,0.5',
                       out=str(tmp_path / 'b')))
@@ -104,6 +106,18 @@ def test_diagnostics_without_ppl_model_and_autoencoder_only(run, tmp_path):
                                                    'reconstruction.json', 'reconstruction.png']
     with pytest.raises(SystemExit, match="needs a diffusion checkpoint"):
         evaluate.main(cfg(mode='diagnostics', ae_ckpt=run['ae'], diags='mismatch', out=str(tmp_path / 'c')))
+
+
+def test_reconstruction_scores_the_decoded_texts(run):
+    # the quality callable sees exactly decode(encode(x)), the texts a generator's output would become
+    from autoencoder import load_autoencoder
+    from common import load_checkpoint
+    from corpus import stories
+    ae = load_autoencoder(load_checkpoint(run['ae'], 'autoencoder'), 'cpu')
+    texts = stories(6, seed=5)
+    r = evaluate.diag_reconstruction(ae, texts, batch_size=4, quality=list, quality_name='the texts')
+    assert r['quality'] == ae.decode(ae.encode(texts))[1] and r['quality_name'] == 'the texts'
+    assert 'quality' not in evaluate.diag_reconstruction(ae, texts, batch_size=4)
 
 
 @pytest.mark.parametrize('sampler', ['ddim', 'ancestral', 'heun'])
