@@ -739,7 +739,7 @@ def run_diagnostics(cfg, env):
     # what decoded texts are scored with: PPL if a scorer LM is given (the paper), else the exact story checker
     # on the story corpus, else nothing (steps) / the BLEU to the nearer endpoint (smoothness)
     quality, quality_name = None, 'none'
-    if cfg['ppl_model'] and {'reconstruction', 'smoothness', 'steps'} & set(names):
+    if cfg['ppl_model'] and {'smoothness', 'steps'} & set(names):  # reconstruction alone does not load an LM
         check_model(cfg['ppl_model'], 'ppl_model')
         lm = load_causal_lm(cfg['ppl_model'], dev)
         quality, quality_name = (lambda t: perplexity(t, *lm, batch_size=bs, device=dev)), \

@@ -99,9 +99,9 @@ def test_diagnostics_without_ppl_model_and_autoencoder_only(run, tmp_path):
     assert 'valid stories' in json.loads((tmp_path / 'a' / 'smoothness.json').read_text())['scorer']
     recon = json.loads((tmp_path / 'a' / 'reconstruction.json').read_text())
     assert 'valid stories' in recon['quality_name'] and recon['quality'] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 texts
-    # an autoencoder alone: 'all' means the diagnostics that need no denoiser
-    evaluate.main(cfg(mode='diagnostics', ae_ckpt=run['ae'], ppl_model='', diag_n=4, sigmas='0,0.5',
-                      out=str(tmp_path / 'b')))
+    # an autoencoder alone: 'all' means the diagnostics that need no denoiser, and neither loads the PPL model
+    evaluate.main(cfg(mode='diagnostics', ae_ckpt=run['ae'], ppl_model=str(tmp_path / 'no_lm'), diag_n=4,
+                      sigmas='0,0.5', out=str(tmp_path / 'b')))
     assert sorted(os.listdir(tmp_path / 'b')) == ['decoder_robustness.json', 'decoder_robustness.png',
                                                    'reconstruction.json', 'reconstruction.png']
     with pytest.raises(SystemExit, match="needs a diffusion checkpoint"):
