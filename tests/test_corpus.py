@@ -1,6 +1,6 @@
 """
 corpus.py: the embedded story generator and its checker, the local file loaders and their one-line
-errors, and the seeded hold-out split. Pure Python, well under a second.
+errors, the seeded hold-out split, and data/prepare_wordnet.py's parser. Pure Python, well under a second.
 """
 import json
 from pathlib import Path
