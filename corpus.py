@@ -183,6 +183,27 @@ def split_off(texts, n_val, seed):
     return [texts[i] for i in train], [texts[i] for i in val]
 
 
+def train_and_val(cfg, pairs=False):
+    """
+    The (train, validation) lists of a training run, by the rules train_ae.py and train_diff.py share: the
+    texts (or, with pairs, the source/target pairs) of cfg['data']; validation from cfg['val_data'] if set,
+    from the stories' own validation stream for 'stories', else val_size held out of the training data.
+    Validation is cut to its first eval_size items.
+    """
+    def load(spec, split, n):
+        if pairs:
+            return load_pairs(spec, split, n, cfg['seed'])
+        return load_texts(spec, split, cfg['text_field'], n, cfg['seed'])
+    train = load(cfg['data'], 'train', cfg['n_stories'])
+    if cfg['val_data']:
+        val = load(cfg['val_data'], 'validation', cfg['n_stories'])
+    elif cfg['data'] == 'stories':
+        val = load('stories', 'validation', cfg['val_size'])
+    else:
+        train, val = split_off(train, cfg['val_size'], cfg['seed'])
+    return train, take(val, range(min(cfg['eval_size'], len(val))))
+
+
 def take(texts, idx):
     """texts[idx] for a list of indices, whatever the sequence type."""
     if isinstance(texts, HubTexts):

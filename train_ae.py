@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
 from autoencoder import Autoencoder, TextEncoder
-from corpus import load_texts, split_off, take
+from corpus import take, train_and_val
 
 config = dict(
     # I/O
@@ -101,14 +101,7 @@ def main(cfg):
     ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
 
     # data: texts stay texts; each micro-batch is tokenized when it is drawn (cheap next to the encoder)
-    train_texts = load_texts(cfg['data'], 'train', cfg['text_field'], cfg['n_stories'], cfg['seed'])
-    if cfg['val_data']:
-        val_texts = load_texts(cfg['val_data'], 'validation', cfg['text_field'], cfg['n_stories'], cfg['seed'])
-    elif cfg['data'] == 'stories':
-        val_texts = load_texts('stories', 'validation', n_stories=cfg['val_size'], seed=cfg['seed'])
-    else:
-        train_texts, val_texts = split_off(train_texts, cfg['val_size'], cfg['seed'])
-    val_texts = take(val_texts, range(min(cfg['eval_size'], len(val_texts))))
+    train_texts, val_texts = train_and_val(cfg)
 
     # model: from the config, or (resume) from what the checkpoint says
     encoder = TextEncoder(cfg['encoder'], device)

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
 from autoencoder import load_autoencoder
-from corpus import load_pairs, load_texts, split_off, take
+from corpus import take, train_and_val
 from diffusion import diffusion_loss, ema_update, generate, q_sample
 from model import DENOISER_SIZES, Denoiser
 
@@ -108,21 +108,6 @@ def cached_latents(ae, texts, name, max_len, cfg, env, ctx, log):
     return torch.load(path, map_location='cpu', weights_only=True, mmap=True)['z']
 
 
-def load_data(cfg):
-    """(train, val) lists: texts, or source/target pairs when task='conditional'."""
-    cond = cfg['task'] == 'conditional'
-    load = (lambda spec, split, n: load_pairs(spec, split, n, cfg['seed'])) if cond else \
-           (lambda spec, split, n: load_texts(spec, split, cfg['text_field'], n, cfg['seed']))
-    train = load(cfg['data'], 'train', cfg['n_stories'])
-    if cfg['val_data']:
-        val = load(cfg['val_data'], 'validation', cfg['n_stories'])
-    elif cfg['data'] == 'stories':
-        val = load('stories', 'validation', cfg['val_size'])
-    else:
-        train, val = split_off(train, cfg['val_size'], cfg['seed'])
-    return train, take(val, range(min(cfg['eval_size'], len(val))))
-
-
 def load_pretrained(model, path, fingerprint, log):
     """
     Start from an unconditional diffusion checkpoint's EMA weights (the paper starts its conditional
@@ -162,7 +147,7 @@ def main(cfg):
     if cfg['task'] not in ('unconditional', 'conditional'):
         common.die(f"task must be 'unconditional' or 'conditional', not '{cfg['task']}'")
     conditional = cfg['task'] == 'conditional'
-    train_rows, val_rows = load_data(cfg)
+    train_rows, val_rows = train_and_val(cfg, pairs=conditional)
     train_texts = [r['target'] for r in train_rows] if conditional else train_rows
     val_texts = [r['target'] for r in val_rows] if conditional else val_rows
     t0 = time.time()

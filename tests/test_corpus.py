@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from corpus import is_valid_story, load_texts, split_off, stories
+from corpus import is_valid_story, load_texts, split_off, stories, story_pairs, train_and_val
 
 VALID = "tom found a red ball in the park. he gave the ball to anna. anna was happy."
 
@@ -131,6 +131,21 @@ def test_split_off():
     with pytest.raises(SystemExit) as e:
         split_off(texts[:10], 10, seed=0)
     _one_line_exit(e, 'val_size')
+
+
+def test_train_and_val(tmp_path):
+    lines = [f'text number {i}' for i in range(10)]
+    (tmp_path / 'a.txt').write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    (tmp_path / 'v.txt').write_text('held out one\nheld out two\nheld out three\n', encoding='utf-8')
+    cfg = dict(data=str(tmp_path / 'a.txt'), val_data='', val_size=3, eval_size=2, text_field='text',
+               n_stories=50, seed=0)
+    train, val = train_and_val(cfg)  # held out of the data, then cut to eval_size
+    assert len(train) == 7 and len(val) == 2 and not set(val) & set(train) and set(train) | set(val) <= set(lines)
+    assert train_and_val(dict(cfg, val_data=str(tmp_path / 'v.txt'))) == (lines, ['held out one', 'held out two'])
+    train, val = train_and_val(dict(cfg, data='stories'))  # the stories' own validation stream
+    assert train == stories(50, seed=0) and val == load_texts('stories', 'validation', n_stories=3, seed=0)[:2]
+    train, val = train_and_val(dict(cfg, data='stories'), pairs=True)
+    assert train == story_pairs(50, seed=0) and len(val) == 2 and set(val[0]) == {'source', 'target'}
 
 
 # -----------------------------------------------------------------------------
