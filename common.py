@@ -8,6 +8,7 @@ config files (`python train_ae.py config/tiny_ae.py`) and flags (`--lr=3e-4`), i
 refuses, in one line, a key that is not in the dict or a value of the wrong type.
 """
 import ast
+import datetime
 import functools
 import math
 import os
@@ -90,7 +91,10 @@ def setup(device, seed, backend=None):
         if device.startswith('cuda'):
             device = f'cuda:{local_rank}'
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend or ('nccl' if device.startswith('cuda') else 'gloo'))
+        # the timeout covers the longest wait at a barrier: rank 0 preparing a raw source, or the slowest
+        # rank's share of a latent cache (the default 10 minutes is far too short for a paper-scale corpus)
+        dist.init_process_group(backend=backend or ('nccl' if device.startswith('cuda') else 'gloo'),
+                                timeout=datetime.timedelta(hours=6))
     torch.manual_seed(seed + rank)
     device_type = 'cuda' if device.startswith('cuda') else 'cpu'
     if device_type == 'cuda':

@@ -43,9 +43,9 @@ def diffusion_loss(model, z0, d, t_min, self_cond_prob=0.5, cond=None, cond_drop
     B = z0.shape[0]
     t = t_min + (1 - t_min) * torch.rand(B, device=z0.device)
     z_t = q_sample(z0, t, torch.randn_like(z0), d)
-    drop = None
-    if cond is not None and cond_drop_prob > 0:
-        drop = torch.rand(B, device=z0.device) < cond_drop_prob
+    # a conditional model always gets a drop mask, all False when cond_drop_prob = 0: the null source then
+    # stays in the graph with a zero gradient, which DDP needs (an unused parameter stops its reduction)
+    drop = None if cond is None else torch.rand(B, device=z0.device) < cond_drop_prob
     sc = torch.zeros_like(z0)
     if self_cond_prob > 0:
         with torch.no_grad():

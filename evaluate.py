@@ -18,6 +18,7 @@ diagnostics of Section 5 as JSON + PNG, and a protocol that says how every numbe
 The metric functions at the top are pure: texts in, numbers out. transformers and mauve are imported inside
 the functions that need them; torch and the pipeline modules at the top, for the script and the diagnostics.
 """
+import itertools
 import json
 import math
 import os
@@ -33,7 +34,7 @@ import torch
 
 import common
 from autoencoder import load_autoencoder, resolve_encoder
-from corpus import is_valid_story, load_texts, read_jsonl, split_off, take
+from corpus import PREPARE_DEFAULTS, Prepared, documents, is_valid_story, read_jsonl
 from diffusion import SAMPLERS, generate, load_pipeline, q_sample, sample
 
 # ---- generation metrics ----
@@ -554,24 +555,39 @@ def refuse_conditional(denoiser, path):
 
 
 def texts_of(spec, split, cfg, run, n=0):
-    """(texts, a label saying which): the corpus `spec` if given, else the run's own split, rebuilt from the
-    config in its checkpoint by the rules of train_ae.py / train_diff.py. The stories' validation stream may
-    be drawn longer than the run's val_size: its first val_size texts are the ones the run held out."""
+    """(texts, a label saying which): the corpus `spec` if given (a prepared folder, whose rows are decoded, or a
+    raw source, read as documents), else the rows of the prepared folder the run trained on, decoded by its
+    tokenizer: the same round trip (casing, accents, spacing) that generated samples go through. n > 0: at
+    most the first n texts. A list: the train split of a paper-scale corpus does not belong here."""
     if spec:
+        if os.path.isfile(os.path.join(spec, 'meta.json')):
+            return prepared_texts(spec, split, n), f"{spec} ({split})"
+        opts = dict(PREPARE_DEFAULTS, text_field=cfg['text_field'], seed=run['seed'] if run else 0)
         stories = n or (run['n_stories'] if run else 20000)
-        return load_texts(spec, split, cfg['text_field'], stories, run['seed'] if run else 0), f"{spec} ({split})"
+        docs = documents(spec, split, opts, n_stories=stories)
+        return list(itertools.islice(docs, n or None)), f"{spec} ({split})"
     if run is None:
         return None, None
-    label = f"the run's {split} texts ({run['data']})"
-    if split == 'validation' and run['val_data']:
-        return load_texts(run['val_data'], split, run['text_field'], run['n_stories'], run['seed']), label
-    if split == 'validation' and run['data'] == 'stories':
-        return load_texts('stories', split, n_stories=max(run['val_size'], n), seed=run['seed']), label
-    texts = load_texts(run['data'], 'train', run['text_field'], run['n_stories'], run['seed'])
-    if run['val_data'] or run['data'] == 'stories':
-        return texts, label                                                   # split == 'train'
-    train, val = split_off(texts, run['val_size'], run['seed'])
-    return (val if split == 'validation' else train), label
+    return prepared_texts(run['data_dir'], split, n), f"the run's {split} rows ({run['data_dir']})"
+
+
+def prepared_texts(folder, split, n=0):
+    from transformers import AutoTokenizer
+    data = Prepared(folder)
+    tok = AutoTokenizer.from_pretrained(resolve_encoder(data.meta['encoder']))
+    rows = data.val if split == 'validation' else data.train
+    n = min(n or len(rows), len(rows))
+    texts = []
+    for i in range(0, n, 1024):
+        ids, mask = rows.batch(range(i, min(i + 1024, n)))
+        texts += tok.batch_decode([r[1:m.sum() - 1] for r, m in zip(ids.tolist(), mask)],
+                                  clean_up_tokenization_spaces=True)
+    return texts
+
+
+def run_of(ckpt):
+    """A checkpoint's config, with the prepared folder its run read."""
+    return dict(ckpt['config'], data_dir=ckpt['data_dir'])
 
 
 def check_model(name, key):
@@ -622,11 +638,11 @@ def run_generation(cfg, env):
         # the run's config, for its refs and train data: from ckpt=, or from the path sample.py recorded
         ckpt_path = cfg['ckpt'] or (made.get('ckpt') if os.path.isfile(str(made.get('ckpt'))) else '')
         if ckpt_path:
-            run = common.load_checkpoint(ckpt_path, 'diffusion')['config']
+            run = run_of(common.load_checkpoint(ckpt_path, 'diffusion'))
     elif cfg['ckpt']:
         denoiser, ae, ckpt = load_pipeline(cfg['ckpt'], cfg['ae_ckpt'], env['device'], cfg['use_ema'])
         refuse_conditional(denoiser, cfg['ckpt'])
-        run = ckpt['config']
+        run = run_of(ckpt)
         made = dict(ckpt=cfg['ckpt'], step=ckpt['step'], steps=cfg['steps'], sampler=cfg['sampler'],
                     ema=cfg['use_ema'])
         out = cfg['out'] or os.path.join(os.path.dirname(cfg['ckpt']), f"eval_{cfg['sampler']}{cfg['steps']}.json")
@@ -667,7 +683,7 @@ def run_generation(cfg, env):
     for seed, texts in groups.items():
         # each seed draws its own equal-size reference set, seeded by the seed: repeatable, and the spread over
         # seeds includes the spread due to the choice of references
-        ref = take(refs, sorted(random.Random(seed).sample(range(len(refs)), len(texts))))
+        ref = [refs[i] for i in sorted(random.Random(seed).sample(range(len(refs)), len(texts)))]
         mv = mauve_score(texts, ref, cfg['mauve_features'], feature_model, cfg['mauve_max_len'],
                          device=env['device'], batch_size=cfg['batch_size'])
         m = dict(mauve=mv['mauve'])
@@ -733,9 +749,9 @@ def run_diagnostics(cfg, env):
             common.die(f"diagnostic '{name}' needs a diffusion checkpoint: pass ckpt=PATH")
     path = cfg['ckpt'] or cfg['ae_ckpt']
     out_dir = cfg['out'] or os.path.join(os.path.dirname(os.path.abspath(path)), 'diagnostics')
-    run = ckpt['config']
+    run = run_of(ckpt)
     held_out, _ = texts_of(cfg['refs'], 'validation', cfg, run, n)
-    held_out = take(held_out, range(min(n, len(held_out))))
+    held_out = held_out[:n]
     # what decoded texts are scored with: PPL if a scorer LM is given (the paper), else the exact story checker
     # on the story corpus, else nothing (steps) / the BLEU to the nearer endpoint (smoothness)
     quality, quality_name = None, 'none'
@@ -764,7 +780,7 @@ def run_diagnostics(cfg, env):
             # endpoints from the training texts, as in the paper (Sec. 5.1: "two random texts from the training
             # corpus"): at mu = 0 and 1 the latents are ones both models were trained on
             train, _ = texts_of(cfg['train_data'], 'train', cfg, run)
-            pairs = take(train, random.Random(seed).sample(range(len(train)), min(len(train), n) // 2 * 2))
+            pairs = [train[i] for i in random.Random(seed).sample(range(len(train)), min(len(train), n) // 2 * 2)]
             score = (lambda t, ends: quality(t)) if quality else (lambda t, ends: float(np.mean(
                 [max(sentence_bleu(x, a), sentence_bleu(x, b)) for x, (a, b) in zip(t, ends)])))
             scorer = quality_name if quality else 'mean sentence-BLEU to the nearer endpoint (the larger of the two)'

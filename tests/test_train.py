@@ -77,8 +77,9 @@ def test_diffusion_exact_resume(tiny_ae, tmp_path):
     for m1, m2 in ((raw_a, raw_b), (ema_a, ema_b)):
         for k, v in m1.state_dict().items():
             assert torch.equal(v, m2.state_dict()[k]), k
-    # the latent cache was reused by the resumed run, not rebuilt: one file per split
-    assert sorted(f for f in os.listdir(tmp_path / 'b') if f.startswith('latents_')).__len__() == 2
+    # the latent cache was reused by the resumed run, not rebuilt: one memmap and one key per split
+    assert len([f for f in os.listdir(tmp_path / 'b') if f.startswith('latents_')]) == 4
+    assert open(tmp_path / 'b' / 'log.txt').read().count("latents 'train'") == 1
 
 
 def test_checkpoints_load_weights_only(tiny_ae, tmp_path):
@@ -170,16 +171,23 @@ def test_data_errors(tiny_encoder_path, tmp_path):
     (tmp_path / 'empty.txt').write_text('\n\n')
     with pytest.raises(SystemExit) as e:
         train_ae.main(ae_cfg(tiny_encoder_path, tmp_path, data=str(tmp_path / 'empty.txt')))
-    assert 'holds no texts' in one_line_error(e)
+    assert 'holds no text' in one_line_error(e)
 
 
-def test_truncation_is_counted(tiny_encoder_path, tmp_path):
+def test_long_texts_are_chunked_and_cuts_counted(tiny_encoder_path, tmp_path):
+    # 60 short lines, 20 lines of two 14-token sentences (together longer than a row of L - 2 = 26 tokens:
+    # two rows, split at the sentence boundary, nothing cut) and 20 lines of one 40-token sentence (cut into
+    # two rows, and counted)
     data = tmp_path / 'long.txt'
-    data.write_text('\n'.join(['a short line'] * 60 + ['word ' * 40] * 20))
-    train_ae.main(ae_cfg(tiny_encoder_path, tmp_path / 'out', data=str(data), max_steps=2, eval_interval=2))
-    line = [l for l in open(tmp_path / 'out' / 'log.txt') if l.startswith('eval')][-1]
-    cut, seen = map(int, re.search(r'truncated (\d+)/(\d+)', line).groups())
-    assert seen == 16 and 0 < cut < seen
+    data.write_text('\n'.join(['a short line'] * 60 + ['word ' * 13 + '. ' + 'word ' * 13 + '.'] * 20 +
+                              ['word ' * 40] * 20))
+    train_ae.main(ae_cfg(tiny_encoder_path, tmp_path / 'out', data=str(data), max_steps=2, eval_interval=2,
+                         val_size=8))
+    ckpt = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
+    meta = ckpt['data']
+    assert meta['val']['rows'] == 8 and meta['train']['documents'] == 100 - 8
+    assert meta['train']['sentences_cut'] == 20 and meta['train']['rows'] == 52 + 2 * 20 + 2 * 20
+    assert '20 sentences longer than L were cut' in open(tmp_path / 'out' / 'log.txt').read()
 
 
 def test_nan_loss_stops_before_checkpoint(tiny_encoder_path, tmp_path):
@@ -245,5 +253,6 @@ def test_diffusion_without_latent_cache(tiny_ae, tmp_path):
     # cache_latents=False encodes every micro-batch on the fly: same training loop, no train cache on disk
     train_diff.main(diff_cfg(tiny_ae, tmp_path, max_steps=2, eval_interval=2, cache_latents=False))
     files = os.listdir(tmp_path)
-    assert 'ckpt.pt' in files and not [f for f in files if f.startswith('latents_') and f.endswith('_train.pt')]
+    assert 'ckpt.pt' in files and not [f for f in files if f.startswith('latents_') and '_train' in f]
+    assert [f for f in files if f.startswith('latents_') and f.endswith('_val.f16')]
     assert torch.load(tmp_path / 'ckpt.pt', weights_only=True)['step'] == 2
