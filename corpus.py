@@ -320,7 +320,11 @@ def tokenizer_fingerprint(tokenizer):
     """A short id of what a tokenizer does (vocabulary, normaliser, pre-tokeniser): data prepared with one
     is refused by a model that reads ids with another. Two names for the same tokenizer agree."""
     backend = getattr(tokenizer, 'backend_tokenizer', None)
-    desc = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:   # truncation and padding are call-time state, not what the tokenizer does
+        desc = json.dumps({k: v for k, v in json.loads(backend.to_str()).items() if k not in ('truncation', 'padding')},
+                          sort_keys=True)
+    else:
+        desc = json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha1(desc.encode()).hexdigest()[:16]
 
 

@@ -13,7 +13,7 @@ import torch
 import diffusion
 import train_ae
 import train_diff
-from corpus import load_pairs
+from corpus import Prepared, pair_documents
 from model import Denoiser
 
 
@@ -68,13 +68,12 @@ def test_pair_file_errors(tmp_path):
     bad = tmp_path / 'bad.jsonl'
     bad.write_text(json.dumps(dict(source='a')) + '\n')
     with pytest.raises(SystemExit, match="bad.jsonl:1 has no string field 'target'"):
-        load_pairs(str(bad))
+        list(pair_documents(str(bad), 'train', {}))
     bad.write_text(json.dumps(dict(source='a', target='b')) + '\n' + json.dumps(dict(src='a', target='b')) + '\n')
     with pytest.raises(SystemExit, match="bad.jsonl:2 has no string field 'source'"):
-        load_pairs(str(bad))
-    (tmp_path / 'empty.jsonl').write_text('\n')
-    with pytest.raises(SystemExit, match='holds no pairs'):
-        load_pairs(str(tmp_path / 'empty.jsonl'))
+        list(pair_documents(str(bad), 'train', {}))
+    with pytest.raises(SystemExit, match="is not 'stories', 'hf:NAME"):
+        list(pair_documents(str(tmp_path / 'pairs.txt'), 'train', {}))
 
 
 def test_long_sources_are_cut_and_counted(tiny_encoder_path, tmp_path):
@@ -92,9 +91,11 @@ def test_long_sources_are_cut_and_counted(tiny_encoder_path, tmp_path):
                          eval_samples=1, sample_steps=1, device='cpu', compile=False, out_dir=str(tmp_path / 'd')))
     log = open(tmp_path / 'd' / 'log.txt').read()
     # 40 pairs, every 4th source 30 words long (32 tokens with [CLS] and [SEP]) against src_max_len = 12;
-    # split_off holds 8 out, so the two source caches together hold the 10 long ones
-    cuts = [int(n) for n in re.findall(r"latents '(?:train|val)_src12': \d+ texts, (\d+) longer than 12", log)]
-    assert len(cuts) == 2 and sum(cuts) == 10, log
+    # the first 8 pairs are held out (2 long sources), the other 32 train (8 long sources); no target is cut
+    meta = Prepared(torch.load(tmp_path / 'd' / 'ckpt.pt', weights_only=True)['data_dir']).meta
+    assert [meta[s]['sources_cut'] for s in ('train', 'val')] == [8, 2]
+    assert [meta[s]['rows'] for s in ('train', 'val')] == [32, 8] and meta['train']['targets_cut'] == 0
+    assert '8 sources longer than 12 and 0 targets longer than L were cut' in log
 
 
 WORDS = ['red', 'blue', 'green', 'big', 'small', 'old', 'new', 'hot', 'cold', 'dark']
