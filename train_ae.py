@@ -153,15 +153,17 @@ def main(cfg):
         model = DDP(model, device_ids=[env['local_rank']] if env['device_type'] == 'cuda' else None)
     recipe = {k: cfg[k] for k in ('act_mask', 'act_delta', 'latent_dropout', 'mse_weight')}
 
-    t0 = time.time()
+    t0, t_data = time.time(), 0.0  # t_data: time spent fetching rows (the share of a step that waits for data)
     while step < cfg['max_steps']:
         for group in optimizer.param_groups:
             group['lr'] = common.lr_at(step, cfg['lr'], cfg['warmup'])
         for micro in range(accum):
             idx = common.batch_indices(step, micro, env['rank'], cfg['micro_batch_size'], accum,
                                        env['world_size'], len(train_rows), cfg['seed'])
+            t_fetch = time.time()
             ids, mask = train_rows.batch(idx.numpy())
             ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+            t_data += time.time() - t_fetch
             # DDP: gradients are averaged across processes only on the last micro-step; syncing on
             # every micro-step would repeat the all-reduce `accum` times for the same result
             sync = nullcontext() if (not env['ddp'] or micro == accum - 1) else model.no_sync()
@@ -179,11 +181,11 @@ def main(cfg):
             loss_v = loss.item()  # the one host sync per interval
             common.check_finite(loss_v, 'training loss', step)
             dt = (time.time() - t0) / cfg['log_interval']
-            t0 = time.time()
+            data_share, t0, t_data = t_data / (dt * cfg['log_interval']), time.time(), 0.0
             tok_s = cfg['batch_size'] * args['max_len'] / dt
             log(f"step {step:>7} | loss {loss_v:.4f} | ce {stats['ce'].item():.4f} | mse {stats['mse'].item():.4f}"
                 f" | acc {stats['acc'].item():.4f} | lr {optimizer.param_groups[0]['lr']:.2e}"
-                f" | grad {grad_norm.item():.3f} | {dt * 1000:.0f} ms/step | {tok_s:,.0f} tok/s")
+                f" | grad {grad_norm.item():.3f} | {dt * 1000:.0f} ms/step | {tok_s:,.0f} tok/s | data {data_share:.1%}")
         if step % cfg['eval_interval'] == 0 or step == cfg['max_steps']:
             ev = evaluate(raw, encoder, val_rows, cfg, ctx)
             common.check_finite(ev['loss'], 'validation loss', step)
@@ -195,7 +197,7 @@ def main(cfg):
                                             optimizer=optimizer.state_dict(), step=step, config=cfg,
                                             rng=rng, val=ev, data_dir=data.folder, data=data.meta),
                                        ckpt_path)
-            t0 = time.time()
+            t0, t_data = time.time(), 0.0
     common.teardown(env)
     return raw
 
