@@ -24,6 +24,8 @@ DENOISER_SIZES = {
     'mini': dict(n_layers=4, dim=128, n_heads=4),
     'small': dict(n_layers=6, dim=384, n_heads=6),
     'base': dict(n_layers=12, dim=768, n_heads=12),
+    'base24': dict(n_layers=24, dim=768, n_heads=12),   # Table 5's deeper denoisers (the paper: 0.25B and 0.5B;
+    'base48': dict(n_layers=48, dim=768, n_heads=12),   # these: 215.1M and 427.7M at latent_dim=768, N=128)
 }
 
 

@@ -1,11 +1,15 @@
 # XSum summarisation: article (512 tokens) -> summary (paper Sec. 7, Table 7: schedule d = 7.0,
-# 100000 steps, batch 1024, AdamW 2e-4, EMA 0.9999). Pairs from: python data/prepare_pairs.py xsum
+# 100000 steps, batch 1024, AdamW 2e-4, EMA 0.9999). Pairs are prepared into rows that are not chunked.
 # The target length is the autoencoder's max_len; the source is cut at src_max_len (both counted).
+# start from an unconditional model trained on the same autoencoder, as the paper does:
+# init_from = 'pretrained'; pretrained_ckpt = 'out/diff_.../ckpt.pt'
+# Pairs: python data/prepare_pairs.py xsum   (needs the network), then, with the autoencoder's tokenizer and L:
+#   python data/prepare.py --data=data/xsum/train.jsonl --val_data=data/xsum/validation.jsonl --pairs=True \
+#       --src_max_len=512 --max_len=512 --encoder=bert-base-uncased --out_dir=data/xsum_l512
 out_dir = 'out/cond_xsum'
 task = 'conditional'
 ae_ckpt = 'out/ae_wiki_l512_n128/ckpt.pt'
-data = 'data/xsum/train.jsonl'
-val_data = 'data/xsum/validation.jsonl'
+data = 'data/xsum_l512'
 src_max_len = 512
 cond_layers = 12
 cond_drop = 0.1
@@ -16,5 +20,3 @@ micro_batch_size = 128
 max_steps = 100000
 ema_decay = 0.9999
 eval_interval = 5000
-# start from an unconditional model trained on the same autoencoder, as the paper does:
-# init_from = 'pretrained'; pretrained_ckpt = 'out/diff_.../ckpt.pt'

@@ -1,0 +1,14 @@
+# Table 6: 512-token diffusion on OpenWebText over the N=256 autoencoder (config/ae_owt_l512_n256.py), 'base'
+# denoiser. The paper gives no OWT schedule: d = 3 and Table 7's optimisation.
+#   torchrun --standalone --nproc_per_node=8 train_diff.py config/diff_owt_l512_n256.py
+out_dir = 'out/diff_owt_l512_n256'
+ae_ckpt = 'out/ae_owt_l512_n256/ckpt.pt'
+data = 'data/owt_l512'
+cache_latents = False    # the latents are larger than the corpus by far: encode on the fly
+schedule_d = 3.0
+size = 'base'
+batch_size = 1024
+micro_batch_size = 32
+max_steps = 500000
+ema_decay = 0.9999
+eval_interval = 5000
