@@ -51,7 +51,9 @@ class TextEncoder:
         path = resolve_encoder(name)
         self.name = name
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(device).eval().requires_grad_(False)
+        # float32 whatever the checkpoint stores (transformers 5 keeps a half-precision checkpoint's dtype):
+        # the frozen encoder runs under autocast on GPU and in fp32 on the CPU, like everything else
+        self.model = AutoModel.from_pretrained(path).float().to(device).eval().requires_grad_(False)
         self.dim = self.model.config.hidden_size
         self.vocab_size = len(self.tokenizer)
         self.pad_id, self.sep_id = self.tokenizer.pad_token_id, self.tokenizer.sep_token_id
