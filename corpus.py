@@ -338,7 +338,9 @@ PREPARE_KEYS = tuple(PREPARE_DEFAULTS)
 _worker = {}
 
 
-def _init_worker(tokenizer_path):
+def _init_worker(tokenizer_path, parallel=True):
+    if not parallel:  # num_proc workers: one thread each (the fast tokenizer's own threads would oversubscribe)
+        os.environ['TOKENIZERS_PARALLELISM'] = 'false'
     from transformers import AutoTokenizer
     _worker['tok'] = AutoTokenizer.from_pretrained(tokenizer_path)
 
@@ -488,7 +490,7 @@ def prepare(cfg, out_dir, encoder, tokenizer_path, num_proc=1, overwrite=False, 
         writers = {s: _SplitWriter(tmp, s, dtype, pairs) for s in ('train', 'val')}
         if num_proc > 1:
             import multiprocessing
-            pool = multiprocessing.get_context('spawn').Pool(num_proc, _init_worker, (tokenizer_path,))
+            pool = multiprocessing.get_context('spawn').Pool(num_proc, _init_worker, (tokenizer_path, False))
         else:
             _init_worker(tokenizer_path)
         batches = ((tags, (docs, cfg['max_len'], pairs, cfg['src_max_len']))
