@@ -10,8 +10,10 @@ refuses, in one line, a key that is not in the dict or a value of the wrong type
 import ast
 import datetime
 import functools
+import json
 import math
 import os
+import re
 import sys
 from contextlib import nullcontext
 
@@ -42,8 +44,13 @@ def _coerce(key, value, default):
     return value
 
 
-def configure(config, argv):
-    """Return a copy of `config` overridden by the config files and --key=value flags in `argv`."""
+def configure(config, argv, source=None):
+    """Return a copy of `config` overridden by the config files (.py or .json) and --key=value flags in
+    `argv`. --help (or -h) prints every key with its default and its comment, read from `source` (the
+    calling script's file by default), and exits 0."""
+    if '--help' in argv or '-h' in argv:
+        print(config_help(config, source or sys._getframe(1).f_globals.get('__file__', '')))
+        raise SystemExit(0)
     config = dict(config)
 
     def set_key(key, value, where):
@@ -61,13 +68,80 @@ def configure(config, argv):
         else:
             if not os.path.isfile(arg):
                 die(f"config file '{arg}' not found")
-            scope = {}
-            with open(arg) as f:
-                exec(compile(f.read(), arg, 'exec'), scope)  # a config file is plain Python assignments
+            if arg.endswith('.json'):  # out_dir/config.json of an earlier run (write_config_json)
+                scope = read_config_json(arg)
+            else:
+                scope = {}
+                with open(arg) as f:
+                    exec(compile(f.read(), arg, 'exec'), scope)  # a config file is plain Python assignments
             for key, value in scope.items():
                 if not key.startswith('_') and not isinstance(value, type(sys)):
                     set_key(key, value, arg)
     return config
+
+
+def config_help(config, source):
+    """Every config key with its default and the comment written beside it in `source`'s config block (a
+    continuation comment on the lines below a key is joined to it), as --help prints it."""
+    comments, key = {}, None
+    try:
+        lines = open(source).read().splitlines() if source else []
+    except OSError:
+        lines = []
+    for line in lines:
+        m = re.match(r"\s+(\w+)=.*?#\s?(.*)$", line)
+        if m and m.group(1) in config:
+            key, comments[m.group(1)] = m.group(1), m.group(2).strip()
+        elif key and re.match(r"\s+#", line):
+            comments[key] += ' ' + line.strip().lstrip('#').strip()
+        else:
+            key = None
+    name = os.path.basename(source) if source else 'script'
+    out = [f"usage: python {name} [CONFIG.py | CONFIG.json ...] [--key=value ...]",
+           "config files and flags override the defaults below, in command-line order:", '']
+    width = max(len(f"{k}={v!r}") for k, v in config.items())
+    out += [f"  {f'{k}={v!r}':<{width}}  {comments.get(k, '')}".rstrip() for k, v in config.items()]
+    return '\n'.join(out)
+
+
+def write_config_json(cfg, out_dir):
+    """The resolved config as out_dir/config.json: `python SCRIPT.py out_dir/config.json` repeats the run."""
+    path = os.path.join(out_dir, 'config.json')
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, 'w') as f:
+        json.dump(cfg, f, indent=1)
+        f.write('\n')
+    os.replace(tmp, path)
+    return path
+
+
+def read_config_json(path):
+    """A config.json as a dict; JSON has no tuples, so lists come back as the tuples the configs use."""
+    try:
+        with open(path) as f:
+            scope = json.load(f)
+    except (OSError, ValueError) as e:
+        die(f"config file '{path}' is not valid JSON ({e})")
+    if not isinstance(scope, dict):
+        die(f"config file '{path}' must hold a JSON object of config keys")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in scope.items()}
+
+
+# -----------------------------------------------------------------------------
+# progress bars
+
+
+def progress(iterable=None, desc=None, total=None, disable=False, **kw):
+    """
+    tqdm over `iterable`, shown only where a person watches: on rank 0, when stderr is a terminal.
+    NANOCOSMOS_PROGRESS=0 silences every bar, NANOCOSMOS_PROGRESS=1 shows them even into a file or pipe.
+    Loops that a log line already reports (the training steps) do not use it.
+    """
+    from tqdm import tqdm
+    forced = os.environ.get('NANOCOSMOS_PROGRESS', '')
+    quiet = (disable or forced == '0' or int(os.environ.get('RANK', 0)) != 0
+             or (forced != '1' and not sys.stderr.isatty()))
+    return tqdm(iterable, desc=desc, total=total, disable=quiet, dynamic_ncols=True, **kw)
 
 
 # -----------------------------------------------------------------------------

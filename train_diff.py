@@ -34,8 +34,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import common
 from autoencoder import load_autoencoder, resolve_encoder
 from corpus import open_data
-from diffusion import diffusion_loss, ema_update, generate, q_sample
+from diffusion import diffusion_loss, ema_update, q_sample
 from model import DENOISER_SIZES, Denoiser
+from pipeline import generate
 
 config = dict(
     # I/O

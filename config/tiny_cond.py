@@ -1,5 +1,5 @@
-# The offline CPU conditional task: story -> '<receiver> got the <color> <object> from <giver>.', on the
-# tiny autoencoder (config/tiny_ae.py), starting from the tiny unconditional model (config/tiny_diff.py).
+# The offline CPU conditional task: story -> the same story with giver and receiver swapped (corpus.swap_story),
+# on the tiny autoencoder (config/tiny_ae.py), starting from the tiny unconditional model (config/tiny_diff.py).
 out_dir = 'out/tiny_cond'
 task = 'conditional'
 init_from = 'pretrained'

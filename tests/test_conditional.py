@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import diffusion
+import pipeline
 import train_ae
 import train_diff
 from corpus import Prepared, pair_documents
@@ -129,10 +130,10 @@ def test_small_task_learns_far_beyond_unconditional(tiny_encoder_path, tmp_path)
                      eval_samples=0, sample_steps=2, log_interval=200, lr=2e-3, warmup=20, ema_decay=0.99,
                      device='cpu', compile=False, out_dir=str(tmp_path / task))
         train_diff.main(flags)
-        denoiser, ae, ckpt = diffusion.load_pipeline(str(tmp_path / task / 'ckpt.pt'))
+        denoiser, ae, ckpt = pipeline.load_pipeline(str(tmp_path / task / 'ckpt.pt'))
         val = pairs[70:]
         cond = ae.encode([r['source'] for r in val], normalize=True) if task == 'conditional' else None
-        texts, _ = diffusion.generate(denoiser, ae, len(val), 20, ckpt['diffusion_args']['schedule_d'],
+        texts, _ = pipeline.generate(denoiser, ae, len(val), 20, ckpt['diffusion_args']['schedule_d'],
                                       ckpt['diffusion_args']['t_min'], cond=cond)
         exact[task] = sum(t == r['target'] for t, r in zip(texts, val)) / len(val)
     print('exact match on held-out sources:', exact)

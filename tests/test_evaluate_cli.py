@@ -123,7 +123,8 @@ def test_reconstruction_scores_the_decoded_texts(run):
 @pytest.mark.parametrize('sampler', ['ddim', 'ancestral', 'heun'])
 def test_injection_loop_mirrors_the_sampler(run, sampler):
     # the diagnostics' injection is diffusion.sample's perturb hook: with gamma = 0 it is the plain run
-    from diffusion import load_pipeline, sample
+    from diffusion import sample
+    from pipeline import load_pipeline
     denoiser, ae, ckpt = load_pipeline(run['diff'])
     d, shape = ckpt['diffusion_args'], (3, ae.args['n_latents'], ae.args['dim'])
     ref = sample(denoiser, shape, 5, d['schedule_d'], d['t_min'], sampler, generator=torch.Generator().manual_seed(7))

@@ -1,0 +1,75 @@
+"""
+A trained pipeline, loaded and used: the denoiser of diffusion.py on top of the autoencoder of
+autoencoder.py, rebuilt from their checkpoints, and the few loops that run texts through both
+(generate, encode_texts). sample.py, evaluate.py and train_diff.py's in-training samples use it.
+
+It lives here, not in diffusion.py, so that the two halves of the method stay independent: diffusion.py
+knows nothing about text and autoencoder.py nothing about diffusion; this file is where they meet.
+"""
+from contextlib import nullcontext
+
+import torch
+
+import common
+from autoencoder import load_autoencoder
+from diffusion import sample
+from model import Denoiser
+
+
+def load_pipeline(ckpt_path, ae_ckpt='', device='cpu', use_ema=True):
+    """
+    The denoiser (EMA weights by default) and the autoencoder it was trained on, rebuilt from what the
+    checkpoints say. The autoencoder is found at the path the diffusion checkpoint recorded, or at
+    `ae_ckpt`, and must carry the fingerprint recorded at training time: a different autoencoder
+    (another run, or the same run retrained) would decode the latents into nonsense.
+    """
+    ckpt = common.load_checkpoint(ckpt_path, 'diffusion')
+    ae_path = ae_ckpt or ckpt['autoencoder']['path']
+    ae = load_autoencoder(common.load_checkpoint(ae_path, 'autoencoder'), device)
+    if ae.fingerprint() != ckpt['autoencoder']['fingerprint']:
+        common.die(f"autoencoder '{ae_path}' (fingerprint {ae.fingerprint()}) is not the one diffusion checkpoint "
+                   f"'{ckpt_path}' was trained on (fingerprint {ckpt['autoencoder']['fingerprint']})")
+    denoiser = Denoiser(**ckpt['model_args'])
+    common.load_state(denoiser, ckpt['ema' if use_ema else 'model'], ckpt_path)
+    return denoiser.to(device).eval(), ae, ckpt
+
+
+@torch.no_grad()
+def encode_texts(ae, texts, max_len, batch_size=64, autocast=None, normalize=True, desc=None):
+    """
+    Latents of `texts` (n, N, d) on the CPU in fp32, and how many texts were longer than max_len tokens
+    (cut). Batches, under the one autocast context (bf16 on GPU), so that thousands of long sources (XSum:
+    ~11k of 512 tokens) never sit in one encoder pass; only the latents, a few KB a text, are kept.
+    """
+    out, n_cut = [], 0
+    starts = range(0, len(texts), batch_size)
+    for i in common.progress(starts, desc=desc, unit='batch', disable=desc is None):
+        ids, mask, cut = ae.encoder.tokenize(list(texts[i:i + batch_size]), max_len)
+        with autocast or nullcontext():
+            out.append(ae.encode(ids=ids, mask=mask, normalize=normalize).float().cpu())
+        n_cut += cut
+    shape = (0, ae.args['n_latents'], ae.args['dim'])
+    return (torch.cat(out) if out else torch.empty(shape)), n_cut
+
+
+@torch.no_grad()
+def generate(denoiser, ae, n, steps, schedule_d, t_min, sampler='ddim', seed=0, batch_size=64,
+             device='cpu', autocast=None, cond=None, guidance=None, desc=None):
+    """
+    n texts (and their latents, un-normalised) from the denoiser, decoded by the autoencoder. For a
+    conditional denoiser, cond holds the n normalised source latents (n, Nc, d), one text per source.
+    desc: the label of a progress bar over the batches (common.progress); None shows none.
+    """
+    texts, latents = [], []
+    generator = torch.Generator(device).manual_seed(seed)
+    shape = (ae.args['n_latents'], ae.args['dim'])
+    for i in common.progress(range(0, n, batch_size), desc=desc, unit='batch', disable=desc is None):
+        b = min(batch_size, n - i)
+        c = None if cond is None else cond[i:i + b].to(device)
+        z = sample(denoiser, (b, *shape), steps, schedule_d, t_min, sampler, cond=c, guidance=guidance,
+                   generator=generator, device=device, autocast=autocast)
+        z = ae.denormalize_z(z)                                               # back to the autoencoder's space
+        with autocast or nullcontext():                                       # decompressor + token head in bf16 on GPU
+            texts += ae.decode(z)[1]
+        latents.append(z.cpu())
+    return texts, (torch.cat(latents) if latents else torch.empty(0, *shape))
