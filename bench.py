@@ -14,7 +14,7 @@ clip, AdamW; EMA for the denoiser). Random states stand in for the frozen encode
 
 Results: NO GPU NUMBERS HAVE BEEN RECORDED YET. The session that wrote this file had no GPU; only the tiny
 CPU smoke test has run. Paste measured tables here (device, torch version, commit, flags), never estimates;
-the paper's A100 times to compare with are in METHOD.md Sec. 4.
+the paper's A100 times to compare with are in docs/method.md ("Speed").
 """
 import copy
 import statistics
@@ -27,6 +27,7 @@ import torch.nn as nn
 import common
 from autoencoder import Autoencoder
 from diffusion import SAMPLERS, diffusion_loss, ema_update, sample
+from flops import ae_train_flops, diffusion_train_flops, peak_flops, sampling_flops
 from model import DENOISER_SIZES, Denoiser
 
 config = dict(
@@ -53,61 +54,19 @@ config = dict(
     compile_mode='default',      # 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune-no-cudagraphs'
     warmup=2,                    # untimed calls first: compilation and autotuning happen there
     repeats=3,                   # timed calls; the median is reported
-    peak_tflops=0.0,             # the device's bf16 dense peak in TFLOP/s; 0 = look it up in PEAK_FLOPS
+    peak_tflops=0.0,             # the device's bf16 dense peak in TFLOP/s; 0 = look it up in flops.PEAK_FLOPS
     seed=1337,
 )
+
 # Tiny sizes replace the defaults (flags still win) under --tiny=True or without CUDA.
 TINY = dict(batch_size=4, steps=3, n_latents='4', size='tiny', ae_dim=32, ae_layers=1, ae_head_dim=16,
             max_len=16, vocab_size=1000, train_batch_size=4, ae_batch_size=4, warmup=1, repeats=2)
-# bf16 dense tensor-core peaks (NVIDIA datasheets; their 'with sparsity' figures are twice these). The first
-# name found in torch.cuda.get_device_name() wins; other devices: --peak_tflops, else MFU prints '-'.
-PEAK_FLOPS = [('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12), ('H200', 989e12), ('A100', 312e12)]
 
 
 def get_config(argv):
     cfg = common.configure(config, argv)
     cuda = cfg['device'].startswith('cuda') or (cfg['device'] == 'auto' and torch.cuda.is_available())
     return common.configure({**config, **TINY}, argv) if cfg['tiny'] or not cuda else cfg
-
-
-# -----------------------------------------------------------------------------
-# FLOPs = 2 x multiply-adds (MACs) of every nn.Linear (x (T, i) @ W (i, o) is T*i*o MACs) and of attention's
-# QK^T and AV (B*H*Nq*Nk*head_dim MACs each, = Nq*Nk*D per example as H*head_dim = D). Not counted:
-# LayerNorm, GELU/SiLU, softmax, residual adds, sinusoidal time features, the sampler's own arithmetic
-# (elementwise: < 1% of the FLOPs). torch.utils.flop_counter counts the same; tests/test_bench.py checks it.
-
-
-def denoiser_flops(args, batch, n_latents):
-    """
-    Forward FLOPs of one unconditional Denoiser call (args: latent_dim c, dim D, n_layers n). Per position:
-    each block q D*D + kv D*2D + out D*D + MLP D*4D + 4D*D = 12 D^2 and attention 2 N D; before each block
-    sc_proj c*D; skip_proj 2D*D in the second half (n // 2); in_proj c*D and out_proj D*c once. Per example
-    (counted, though ~1/N of the rest): the time MLP 2 D^2 and time_proj D*D before each block.
-    """
-    assert not args.get('cond_layers'), "counts the unconditional denoiser (the paper's speed setting)"
-    c, D, n, N = args['latent_dim'], args['dim'], args['n_layers'], n_latents
-    per_position = n * (12 * D * D + 2 * N * D + c * D) + (n // 2) * 2 * D * D + 2 * c * D
-    return 2 * batch * (N * per_position + (2 + n) * D * D)
-
-
-def sampling_flops(args, batch, n_latents, steps, sampler):
-    passes = 2 * steps - 1 if sampler == 'heun' else steps  # heun's first step is a plain Euler step
-    return passes * denoiser_flops(args, batch, n_latents)
-
-
-def resampler_flops(n_queries, n_inputs, dim, n_layers, batch):
-    """PerceiverResampler forward: per block q, out, MLP (10 D^2) per query, kv (2 D^2) per key (Nq + Lh
-    of them), QK^T + AV (2 (Nq + Lh) D) per query."""
-    keys = n_queries + n_inputs
-    return 2 * batch * n_layers * (10 * n_queries * dim ** 2 + 2 * keys * dim ** 2 + 2 * n_queries * keys * dim)
-
-
-def ae_train_flops(args, batch):
-    """Compressor (N over L) + decompressor (L over N) + token head, x3 for forward + backward (the backward
-    computes gradients of activations and of weights: 2x forward). The frozen encoder is not counted."""
-    d, L, N, layers = args['dim'], args['max_len'], args['n_latents'], args['n_layers']
-    return 3 * (resampler_flops(N, L, d, layers, batch) + resampler_flops(L, N, d, layers, batch)
-                + 2 * batch * L * d * args['vocab_size'])
 
 
 # -----------------------------------------------------------------------------
@@ -150,7 +109,7 @@ def main(cfg):
     # dynamic-shape kernels once it sees the sampling and the training batch on one model)
     compile = (lambda m: torch.compile(m, mode=mode, dynamic=False)) if use_compile else (lambda m: m)
     name = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
-    peak = cfg['peak_tflops'] * 1e12 or (next((p for k, p in PEAK_FLOPS if k in name), 0.0) if cuda else 0.0)
+    peak = cfg['peak_tflops'] * 1e12 or (peak_flops(name) if cuda else 0.0)
     rows = []
 
     def bench(task, sampler, N, batch, fn, flops):
@@ -197,7 +156,7 @@ def main(cfg):
             opt.step()
             opt.zero_grad(set_to_none=True)
             ema_update(ema, raw, 0.9999)
-        bench('train-diff', '-', N, Bt, denoiser_step, 4 * denoiser_flops(size, Bt, N))
+        bench('train-diff', '-', N, Bt, denoiser_step, diffusion_train_flops(dict(size, n_latents=N), Bt, 0.5))
 
         # autoencoder step with train_ae.py's default recipe; random states stand in for the frozen encoder
         Ba = cfg['ae_batch_size']

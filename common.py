@@ -97,7 +97,7 @@ def config_help(config, source):
         else:
             key = None
     name = os.path.basename(source) if source else 'script'
-    out = [f"usage: python {name} [CONFIG.py | CONFIG.json ...] [--key=value ...]",
+    out = [f"usage: python {name} [config files (.py or .json) ...] [--key=value ...]",
            "config files and flags override the defaults below, in command-line order:", '']
     width = max(len(f"{k}={v!r}") for k, v in config.items())
     out += [f"  {f'{k}={v!r}':<{width}}  {comments.get(k, '')}".rstrip() for k, v in config.items()]
@@ -105,7 +105,7 @@ def config_help(config, source):
 
 
 def write_config_json(cfg, out_dir):
-    """The resolved config as out_dir/config.json: `python SCRIPT.py out_dir/config.json` repeats the run."""
+    """The resolved config as out_dir/config.json: `python train_ae.py out/ae/config.json` repeats the run."""
     path = os.path.join(out_dir, 'config.json')
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, 'w') as f:
@@ -306,6 +306,23 @@ def load_state(module, state_dict, path):
         die(f"checkpoint '{path}' does not fit the model it describes: {lines[1] if len(lines) > 1 else lines[0]}")
 
 
+def keep_copy(path, step, keep_every):
+    """Besides the latest checkpoint at `path`, keep ckpt_{step}.pt beside it every keep_every steps (0 = never).
+    A hard link where the file system has them: the latest is replaced by rename, never rewritten in place,
+    so the kept name goes on holding this step's bytes without a second copy on disk."""
+    if not keep_every or step % keep_every:
+        return None
+    kept = os.path.join(os.path.dirname(path), f"ckpt_{step}.pt")
+    tmp = f"{kept}.tmp.{os.getpid()}"
+    try:
+        os.link(path, tmp)
+    except OSError:
+        import shutil
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, kept)
+    return kept
+
+
 # -----------------------------------------------------------------------------
 # logging
 
@@ -328,3 +345,30 @@ def check_finite(value, what, step):
     if not math.isfinite(value):
         die(f"{what} is {value} at step {step}; stopping before it reaches a checkpoint "
             f"(lower lr, check the data, or resume from the last checkpoint)")
+
+
+def start_run(cfg, master):
+    """What every training run does first, besides its own setup: check keep_every, write the resolved config
+    as out_dir/config.json (rank 0), and return the tracker's log function (see tracker)."""
+    if cfg['keep_every'] and cfg['keep_every'] % cfg['eval_interval']:
+        die(f"keep_every={cfg['keep_every']} must be a multiple of eval_interval={cfg['eval_interval']} "
+            f"(checkpoints are written at evaluations)")
+    if master:
+        write_config_json(cfg, cfg['out_dir'])
+    return tracker(cfg, master)
+
+
+def tracker(cfg, master):
+    """
+    The optional experiment tracker, nanoGPT's way: with wandb_log=True, rank 0 logs each interval's numbers to
+    Weights & Biases (project wandb_project, run wandb_run_name, the resolved config attached). wandb is
+    imported only then: off (the default), nothing is imported and the returned function does nothing.
+    """
+    if not (cfg.get('wandb_log') and master):
+        return lambda metrics, step: None
+    try:
+        import wandb
+    except ImportError:
+        die("wandb_log=True needs the wandb package: pip install wandb")
+    wandb.init(project=cfg['wandb_project'], name=cfg['wandb_run_name'] or None, config=cfg)
+    return lambda metrics, step: wandb.log(metrics, step=step)

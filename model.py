@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 # Named sizes. 'base' is the paper's denoiser (12 layers x 768 x 12 heads): 108.7M parameters for 768-d
 # latents, 222.9M with a 12-layer source encoder, its null source and cross-attention in every block (counted with
-# latent_dim=768, N=16, Nc=128). The resampler's heads are 64 wide (METHOD.md).
+# latent_dim=768, N=16, Nc=128). The resampler's heads are 64 wide (docs/method.md).
 DENOISER_SIZES = {
     'tiny': dict(n_layers=2, dim=64, n_heads=2),
     'mini': dict(n_layers=4, dim=128, n_heads=4),

@@ -19,6 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
+import flops
 from autoencoder import Autoencoder, TextEncoder, resolve_encoder
 from corpus import open_data
 
@@ -29,6 +30,10 @@ config = dict(
     eval_interval=2000,          # evaluate, refresh the latent statistics and save every this many steps
     eval_size=1024,              # held-out rows used for eval loss/accuracy and for mu_z, sigma_z
     log_interval=50,             # one log line every this many steps
+    keep_every=0,                # also keep out_dir/ckpt_STEP.pt every this many steps (0 = the latest only)
+    wandb_log=False,             # log to Weights & Biases (wandb is imported only when True)
+    wandb_project='nanocosmos',  # its project
+    wandb_run_name='',           # its run name; '' = wandb's own
     # data (corpus.py): a folder written by data/prepare.py, or a raw source prepared on first use into
     # out_dir/data/ with the keys below ('stories', a .txt/.jsonl/.csv file, 'hf:NAME[:CONFIG]')
     data='data/wiki_l128',       # python data/prepare.py --data=hf:wikimedia/wikipedia:20231101.en --out_dir=data/wiki_l128 ...
@@ -99,9 +104,11 @@ def main(cfg):
     device, master = env['device'], env['master']
     os.makedirs(cfg['out_dir'], exist_ok=True)
     log = common.Logger(cfg['out_dir'], master)
+    track = common.start_run(cfg, master)  # config.json, the optional tracker
     ctx = common.autocast(env['device_type'], cfg['dtype'])
     accum = common.grad_accum_steps(cfg['batch_size'], cfg['micro_batch_size'], env['world_size'])
     ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
+    peak = flops.peak_flops(torch.cuda.get_device_name(device)) if env['device_type'] == 'cuda' else 0.0  # for MFU
 
     # model: from the config, or (resume) from what the checkpoint says
     encoder = TextEncoder(cfg['encoder'], device)
@@ -185,7 +192,10 @@ def main(cfg):
             tok_s = cfg['batch_size'] * args['max_len'] / dt
             log(f"step {step:>7} | loss {loss_v:.4f} | ce {stats['ce'].item():.4f} | mse {stats['mse'].item():.4f}"
                 f" | acc {stats['acc'].item():.4f} | lr {optimizer.param_groups[0]['lr']:.2e}"
-                f" | grad {grad_norm.item():.3f} | {dt * 1000:.0f} ms/step | {tok_s:,.0f} tok/s | data {data_share:.1%}")
+                f" | grad {grad_norm.item():.3f} | {dt * 1000:.0f} ms/step | {tok_s:,.0f} tok/s | data {data_share:.1%}"
+                + flops.mfu_fields(flops.ae_train_flops(args, cfg['batch_size']), dt, peak, env['world_size']))
+            track(dict(loss=loss_v, lr=optimizer.param_groups[0]['lr'], grad_norm=grad_norm.item(),
+                       ms_per_step=dt * 1000), step)
         if step % cfg['eval_interval'] == 0 or step == cfg['max_steps']:
             ev = evaluate(raw, encoder, val_rows, cfg, ctx)
             common.check_finite(ev['loss'], 'validation loss', step)
@@ -197,6 +207,8 @@ def main(cfg):
                                             optimizer=optimizer.state_dict(), step=step, config=cfg,
                                             rng=rng, val=ev, data_dir=data.folder, data=data.meta),
                                        ckpt_path)
+                common.keep_copy(ckpt_path, step, cfg['keep_every'])
+            track(dict(val_loss=ev['loss'], val_token_acc=ev['acc'], val_exact=ev['exact']), step)
             t0, t_data = time.time(), 0.0
     common.teardown(env)
     return raw

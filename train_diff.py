@@ -32,6 +32,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
+import flops
 from autoencoder import load_autoencoder, resolve_encoder
 from corpus import open_data
 from diffusion import diffusion_loss, ema_update, q_sample
@@ -49,6 +50,10 @@ config = dict(
     eval_samples=4,              # texts generated (from the EMA model) at each evaluation (conditional:
                                  # from the first held-out sources, scored by exact match)
     log_interval=100,
+    keep_every=0,                # also keep out_dir/ckpt_STEP.pt every this many steps (0 = the latest only)
+    wandb_log=False,             # log to Weights & Biases (wandb is imported only when True)
+    wandb_project='nanocosmos',  # its project
+    wandb_run_name='',           # its run name; '' = wandb's own
     # data (corpus.py): a folder written by data/prepare.py with the autoencoder's tokenizer and L (pairs:
     # --pairs=True), or a raw source prepared on first use into out_dir/data/ with the keys below
     data='stories',              # a prepared folder, or 'stories', a .txt/.jsonl/.csv file, 'hf:NAME[:CONFIG]'
@@ -175,9 +180,11 @@ def main(cfg):
     device, master = env['device'], env['master']
     os.makedirs(cfg['out_dir'], exist_ok=True)
     log = common.Logger(cfg['out_dir'], master)
+    track = common.start_run(cfg, master)  # config.json, the optional tracker
     ctx = common.autocast(env['device_type'], cfg['dtype'])
     accum = common.grad_accum_steps(cfg['batch_size'], cfg['micro_batch_size'], env['world_size'])
     ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
+    peak = flops.peak_flops(torch.cuda.get_device_name(device)) if env['device_type'] == 'cuda' else 0.0  # for MFU
 
     # the frozen autoencoder, with its latent statistics
     ae_path = os.path.abspath(cfg['ae_ckpt'])
@@ -245,6 +252,7 @@ def main(cfg):
     log(f"denoiser '{cfg['size']}': {sum(p.numel() for p in raw.parameters()) / 1e6:.2f}M parameters, "
         f"{accum} micro-steps x {cfg['micro_batch_size']} x {env['world_size']} processes")
 
+    step_flops = flops.diffusion_train_flops(args, cfg['batch_size'], cfg['self_cond_prob'])  # None: conditional
     model = torch.compile(raw) if cfg['compile'] else raw
     if env['ddp']:
         model = DDP(model, device_ids=[env['local_rank']] if env['device_type'] == 'cuda' else None)
@@ -282,7 +290,10 @@ def main(cfg):
             dt = (time.time() - t0) / cfg['log_interval']
             t0 = time.time()
             log(f"step {step:>7} | loss {loss_v:.4f} | lr {optimizer.param_groups[0]['lr']:.2e} | grad "
-                f"{grad_norm.item():.3f} | {dt * 1000:.0f} ms/step | {cfg['batch_size'] / dt:,.0f} samples/s")
+                f"{grad_norm.item():.3f} | {dt * 1000:.0f} ms/step | {cfg['batch_size'] / dt:,.0f} samples/s"
+                + flops.mfu_fields(step_flops, dt, peak, env['world_size']))
+            track(dict(loss=loss_v, lr=optimizer.param_groups[0]['lr'], grad_norm=grad_norm.item(),
+                       ms_per_step=dt * 1000), step)
         if step % cfg['eval_interval'] == 0 or step == cfg['max_steps']:
             # a fixed generator: every evaluation scores the same t and noise, and the training RNG
             # stream is left untouched (so that a resumed run continues exactly)
@@ -314,6 +325,8 @@ def main(cfg):
                                             model=raw.state_dict(), ema=ema.state_dict(),
                                             optimizer=optimizer.state_dict(), step=step, config=cfg, rng=rng,
                                             autoencoder=ae_info, val_loss=val_loss, data_dir=data.folder), ckpt_path)
+                common.keep_copy(ckpt_path, step, cfg['keep_every'])
+            track(dict(val_loss=val_loss), step)
             t0 = time.time()
     common.teardown(env)
     return raw, ema

@@ -11,6 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import bench
+import flops
 from autoencoder import Autoencoder
 from diffusion import SAMPLERS
 from model import DENOISER_SIZES, Denoiser
@@ -52,9 +53,9 @@ def test_denoiser_flops_match_a_hand_count_and_the_flop_counter():
         + B * N * 8 * 4                    # out_proj        D -> c
     )
     assert macs == 5920
-    assert bench.denoiser_flops(args, B, N) == 2 * macs
-    assert bench.sampling_flops(args, B, N, 5, 'heun') == 9 * 2 * macs  # 2 * steps - 1 passes
-    assert bench.sampling_flops(args, B, N, 5, 'ddim') == 5 * 2 * macs
+    assert flops.denoiser_flops(args, B, N) == 2 * macs
+    assert flops.sampling_flops(args, B, N, 5, 'heun') == 9 * 2 * macs  # 2 * steps - 1 passes
+    assert flops.sampling_flops(args, B, N, 5, 'ddim') == 5 * 2 * macs
 
     # torch's FLOP counter on a real forward pass. On the CPU the default SDPA kernel
     # (aten._scaled_dot_product_flash_attention_for_cpu) is not in the counter's registry, so it would count
@@ -75,13 +76,13 @@ def test_flop_formulas_at_the_paper_sizes():
         model, z = Denoiser(n_latents=N, **args), torch.randn(B, N, d)
         with FlopCounterMode(display=False) as counter:
             model(z, torch.rand(B), z)
-        assert counter.get_total_flops() == bench.denoiser_flops(args, B, N)
+        assert counter.get_total_flops() == flops.denoiser_flops(args, B, N)
         ae_args = dict(encoder='none', dim=d, vocab_size=30522, max_len=L, n_latents=N, n_layers=12, n_heads=12,
                        kl_beta=0.0)
         ae, h, mask = Autoencoder(ae_args), torch.randn(B, L, d), torch.ones(B, L, dtype=torch.bool)
         with FlopCounterMode(display=False) as counter:
             ae.token_head(ae.decompress(ae.compress(h, mask)))
-        assert 3 * counter.get_total_flops() == bench.ae_train_flops(ae_args, B)
+        assert 3 * counter.get_total_flops() == flops.ae_train_flops(ae_args, B)
 
 
 def _random_denoiser(device, **size):
