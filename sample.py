@@ -34,7 +34,7 @@ config = dict(
     sampler='ddim',              # 'ddim' (Euler on the probability-flow ODE), 'ancestral' (reverse SDE), 'heun'
     seed=0,                      # the first seed
     batch_size=64,               # texts per sampler batch (and sources per encoder batch)
-    out='',                      # also write JSONL: {"text", "seed", ...}, or {"source", "target", "generation", "seed", ...}
+    out='',                      # also write JSONL: {"text", "seed", ...}; conditional: {"source", "target", "generation", ...}
     sources='',                  # conditional models: a .txt (one source a line), a .jsonl (source[, target]), or - for stdin
     guidance=1.0,                # classifier-free guidance weight w (1 = plain conditional; > 1 stronger)
     use_ema=True,                # sample from the EMA weights (the paper's choice)

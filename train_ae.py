@@ -58,18 +58,18 @@ config = dict(
     # optimisation (Table 7)
     batch_size=1024,             # global batch, in rows, per optimizer step
     micro_batch_size=64,         # rows per forward pass per process; accumulation fills the rest
-    max_steps=500000,
-    lr=2e-4,
-    beta1=0.9,
-    beta2=0.98,
-    weight_decay=0.01,
+    max_steps=500000,            # optimizer steps (the paper: 500k)
+    lr=2e-4,                     # peak learning rate, AdamW (Table 7)
+    beta1=0.9,                   # AdamW beta1
+    beta2=0.98,                  # AdamW beta2
+    weight_decay=0.01,           # AdamW weight decay, on matrices only
     warmup=1000,                 # linear warm-up steps, then constant
-    grad_clip=1.0,
+    grad_clip=1.0,               # clip the global gradient norm to this
     # system
     device='auto',               # 'auto', 'cpu', 'cuda', 'cuda:1', ...
     dtype='bfloat16',            # autocast dtype on GPU ('float32' turns it off); CPU always runs fp32
     compile=True,                # torch.compile the autoencoder (the frozen encoder stays eager)
-    seed=1337,
+    seed=1337,                   # seeds the init, the data order and the augmentations (+ rank)
 )
 
 MODEL_KEYS = ('encoder', 'max_len', 'n_latents', 'n_layers', 'head_dim', 'kl_beta')

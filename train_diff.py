@@ -49,7 +49,7 @@ config = dict(
     eval_size=1024,              # held-out rows (latents) for the evaluation loss
     eval_samples=4,              # texts generated (from the EMA model) at each evaluation (conditional:
                                  # from the first held-out sources, scored by exact match)
-    log_interval=100,
+    log_interval=100,            # one log line every this many steps
     keep_every=0,                # also keep out_dir/ckpt_STEP.pt every this many steps (0 = the latest only)
     wandb_log=False,             # log to Weights & Biases (wandb is imported only when True)
     wandb_project='nanocosmos',  # its project
@@ -74,23 +74,23 @@ config = dict(
     schedule_d=5.0,              # d of alpha(t) = 1 / (1 + d^2 tan^2(pi t / 2)): ROCStories 5, Wikipedia 3
     t_min=1e-3,                  # t ~ U(t_min, 1) in training; sampling ends at t_min
     self_cond_prob=0.5,          # share of examples trained with a self-conditioning estimate
-    ema_decay=0.9999,
+    ema_decay=0.9999,            # EMA of the weights; samples come from the EMA model
     sample_steps=200,            # Euler steps for the samples printed at evaluation
     # optimisation (Table 7)
-    batch_size=1024,
-    micro_batch_size=256,
-    max_steps=200000,
-    lr=2e-4,
-    beta1=0.9,
-    beta2=0.98,
-    weight_decay=0.01,
-    warmup=1000,
-    grad_clip=1.0,
+    batch_size=1024,             # global batch, in latents, per optimizer step
+    micro_batch_size=256,        # latents per forward pass per process; accumulation fills the rest
+    max_steps=200000,            # optimizer steps (the paper: 200k on ROCStories)
+    lr=2e-4,                     # peak learning rate, AdamW (Table 7)
+    beta1=0.9,                   # AdamW beta1
+    beta2=0.98,                  # AdamW beta2
+    weight_decay=0.01,           # AdamW weight decay, on matrices only
+    warmup=1000,                 # linear warm-up steps, then constant
+    grad_clip=1.0,               # clip the global gradient norm to this
     # system
-    device='auto',
-    dtype='bfloat16',
-    compile=True,
-    seed=1337,
+    device='auto',               # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1'
+    dtype='bfloat16',            # autocast dtype on GPU ('bfloat16', 'float16', 'float32'); CPU stays fp32
+    compile=True,                # torch.compile the denoiser (off on CPU in the tiny configs)
+    seed=1337,                   # seeds the init, the data order and the noise (+ rank)
 )
 
 
