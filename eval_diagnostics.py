@@ -23,7 +23,7 @@ DIAGS = ('reconstruction', 'decoder_robustness', 'smoothness', 'diffusion_robust
 AE_ONLY = DIAGS[:2]              # the first two need only an autoencoder
 
 # The perturbations (eps, xi) come from seeded CPU generators and move to the device afterwards, so a GPU run
-# perturbs with the same numbers as a CPU run; the sampler's own noise is drawn as diffusion.generate draws it.
+# perturbs with the same numbers as a CPU run; the sampler's own noise is drawn as pipeline.generate draws it.
 
 
 def randn_like(x, seed):
@@ -116,7 +116,7 @@ def diag_decoder_robustness(ae, texts, sigmas, batch_size=64, seed=0):
 
 def sample_with_injection(denoiser, shape, steps, d, t_min, sampler='ddim', seed=0, inject_step=-1, gamma=0.0,
                           device='cpu', ctx=None):
-    """diffusion.sample seeded as diffusion.generate seeds it, with z_t += gamma * xi before step
+    """diffusion.sample seeded as pipeline.generate seeds it, with z_t += gamma * xi before step
     `inject_step`; xi comes from its own generator, so the sampler's noise stream is unchanged and two runs
     differ only by the injection (gamma = 0 reproduces the plain run exactly, a test checks)."""
     xi = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)).to(device)
