@@ -30,9 +30,11 @@ def randn_like(x, seed):
     return torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
 
 
-def encode_texts(ae, texts, batch_size, normalize):
-    return torch.cat([ae.encode(list(texts[i:i + batch_size]), normalize=normalize)
-                      for i in range(0, len(texts), batch_size)])
+def encode_texts(ae, texts, batch_size, normalize, ctx=None):
+    """Latents of `texts` in batches, the encoder under the autocast context `ctx` (bf16 on GPU); fp32 out."""
+    with ctx or nullcontext():
+        return torch.cat([ae.encode(list(texts[i:i + batch_size]), normalize=normalize).float()
+                          for i in range(0, len(texts), batch_size)])
 
 
 def decode_latents(ae, z, batch_size, normalized):
@@ -77,7 +79,7 @@ def diag_smoothness(denoiser, ae, texts, schedule_d, score, scorer, mus, ts, bat
     'decoded directly' is the interpolation decoded with no noise and no denoiser (the autoencoder alone)."""
     n = len(texts) // 2
     ends = list(zip(as_seen(ae, texts[:n]), as_seen(ae, texts[n:2 * n])))
-    z = encode_texts(ae, texts[:2 * n], batch_size, normalize=True)
+    z = encode_texts(ae, texts[:2 * n], batch_size, normalize=True, ctx=ctx)
     mu = torch.tensor(mus, device=z.device)[:, None, None, None]
     z_mu = (mu * z[None, :n] + (1 - mu) * z[None, n:]).flatten(0, 1)            # (len(mus) * n, N, d)
     eps = randn_like(z_mu, seed)
@@ -171,7 +173,7 @@ def diag_mismatch(denoiser, ae, texts, n, steps, d, t_min, sampler='ddim', seed=
     z_hat = sample(denoiser, (n, ae.args['n_latents'], ae.args['dim']), steps, d, t_min, sampler,
                    generator=torch.Generator(device).manual_seed(seed), device=device, autocast=ctx)
     return dict(mse_generated=mismatch(ae, z_hat, batch_size),
-                mse_real=mismatch(ae, encode_texts(ae, texts, batch_size, normalize=True), batch_size),
+                mse_real=mismatch(ae, encode_texts(ae, texts, batch_size, normalize=True, ctx=ctx), batch_size),
                 n_samples=n, steps=steps, sampler=sampler, space='normalised latents (z - mu_z) / sigma_z')
 
 
