@@ -4,6 +4,7 @@ Where text comes from, and how it becomes training rows.
 Sources. One spec string names a source of documents:
 
     'stories'                         the embedded offline corpus below (no files, no network)
+    'chained'                         the same stories in documents of 4 chained ones (long text, below)
     'path/to/file.txt'                one document per line (txt_docs='line'), or documents separated by
                                       blank lines (txt_docs='blank'; a single line break is a paragraph end)
     'path/to/file.jsonl'              one JSON object per line; the document is under `text_field`
@@ -100,6 +101,38 @@ def is_valid_story(text):
             and place in PLACES and feeling in (LIKED if obj in LIKES else DISLIKED))
 
 
+CHAIN_LEN = 4  # stories per document of the 'chained' source
+
+
+def chained_stories(n_docs, K, seed):
+    """
+    n_docs documents (a generator: nothing corpus-sized is kept), each a list of K chained stories, the
+    long-text task of the block model: story k+1's giver is story k's receiver, and the object (with its
+    colour) carries over, while place, receiver, feeling and wording are drawn afresh. One story is one
+    chunk (block). Whether a continuation follows the chain is exact to check (chain_ok).
+    """
+    rng = random.Random(seed)
+    for _ in range(n_docs):
+        giver, color, obj = rng.choice(sorted(NAMES)), rng.choice(COLORS), rng.choice(OBJECTS)
+        doc = []
+        for _ in range(K):
+            receiver = rng.choice(sorted(set(NAMES) - {giver}))
+            feeling = rng.choice(sorted(LIKED if obj in LIKES else DISLIKED))
+            opening, gift, very = rng.choice(['', 'one day, ']), rng.choice([f'the {obj}', 'it']), rng.choice(['', 'very '])
+            doc.append(f"{opening}{giver} found a {color} {obj} in the {rng.choice(PLACES)}. {NAMES[giver]} gave "
+                       f"{gift} to {receiver}. {receiver} was {very}{feeling}.")
+            giver = receiver
+        yield doc
+
+
+def chain_ok(a, b):
+    """True when a and b are valid stories and b continues a's chain (a's receiver gives a's object on)."""
+    if not (is_valid_story(a) and is_valid_story(b)):
+        return False
+    (_, _, color_a, obj_a, _, _, _, receiver_a, *_), (_, giver_b, color_b, obj_b, *_) = _parse(a).groups(), _parse(b).groups()
+    return giver_b == receiver_a and (color_b, obj_b) == (color_a, obj_a)
+
+
 def swap_story(text):
     """
     The tiny conditional task: the same story told with giver and receiver swapped (the pronoun follows
@@ -174,6 +207,9 @@ def documents(spec, split, cfg, n_stories=None):
         seed = cfg['seed'] if split == 'train' else cfg['seed'] + 1_000_003
         rng = random.Random(seed)
         return (make_story(rng) for _ in range(n_stories or cfg['n_stories']))
+    if spec == 'chained':  # n_stories stories in documents of CHAIN_LEN, one story a paragraph (a row at L >= 28)
+        n_docs = (n_stories or cfg['n_stories']) // CHAIN_LEN
+        return ('\n'.join(doc) for doc in chained_stories(n_docs, CHAIN_LEN, cfg['seed']))
     if spec.startswith('hf:'):
         return hub_column(spec, split, cfg, cfg['text_field'])
     if spec.endswith('.txt'):

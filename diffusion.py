@@ -9,6 +9,9 @@ TEncDM's tan schedule, per-example self-conditioning, EMA, and a hand-written sa
     DDIM      z_s = sqrt(alpha_s) z0_hat + sqrt(1 - alpha_s) eps_hat  (probability-flow ODE step)
     ancestral z_s ~ q(z_s | z_t, z0_hat)                                (reverse-SDE step)
 
+Long text (Cola DLM): block_loss, the same x0 loss on every block of a window with its own t, and
+sample_blocks, block by block with `sample` against a KV cache of the committed blocks.
+
 Time, the schedule and the sampler's state stay in float32; only the network runs under autocast.
 """
 import math
@@ -62,6 +65,114 @@ def ema_update(ema_model, model, decay):
     torch._foreach_lerp_(list(ema_model.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
     for e, b in zip(ema_model.buffers(), model.buffers()):
         e.copy_(b)
+
+
+# -----------------------------------------------------------------------------
+# block diffusion for long text (model.BlockDenoiser): a document is a sequence of K blocks (K, N, d),
+# each the normalised latent of one autoencoder chunk; a marker block E separates documents.
+
+
+def end_marker(n_latents, dim):
+    """
+    The marker block E (N, d) that starts and ends every document: a fixed +-2 pattern from a fixed seed,
+    not the latent of any text. The empty text's own latent would not do: the autoencoder never saw an
+    empty text, so it decodes to an ordinary story and lies among real chunks. E lies within the range
+    of normalised latents (they are O(1), |z| up to ~4) but far from every chunk (on the tiny story
+    autoencoder, when this was designed: mean squared distance >= 4.7 to each of 512 real chunks, ~2 between
+    real chunks), so is_end_block's threshold of 2 finds it.
+    """
+    g = torch.Generator().manual_seed(20261126)
+    return 2.0 * torch.sign(torch.randn(n_latents, dim, generator=g))
+
+
+def is_end_block(z, marker):
+    """(B,) True where the block z (B, N, d) is the end marker: mean squared distance to E below 2."""
+    return ((z.float() - marker.to(z.device)) ** 2).mean(dim=(1, 2)) < 2.0
+
+
+def block_loss(model, z0, d, t_min, self_cond_prob=0.5, drop_prob=0.1):
+    """
+    The x0 loss of a block model on windows z0 (B, K, N, c) of K consecutive clean blocks: every block is
+    noised with its own t (BD3-LM; the noisy blocks never see each other, so K draws per window are one
+    pass), self-conditioning is decided per block, and a share drop_prob of the blocks loses its view of
+    the clean prefix (classifier-free guidance through the mask). Marker blocks are in the loss: they
+    teach the model where documents end and begin.
+    """
+    B, K = z0.shape[:2]
+    t = t_min + (1 - t_min) * torch.rand(B, K, device=z0.device)
+    z_t = q_sample(z0.flatten(0, 1), t.flatten(), torch.randn_like(z0).flatten(0, 1), d).view_as(z0)
+    drop = torch.rand(B, K, device=z0.device) < drop_prob if drop_prob > 0 else None
+    sc = torch.zeros_like(z0)
+    if self_cond_prob > 0:
+        with torch.no_grad():
+            first = model(z0, z_t, t, sc, drop).float()
+        use = (torch.rand(B, K, device=z0.device) < self_cond_prob)[:, :, None, None]
+        sc = torch.where(use, first, sc)
+    x0_hat = model(z0, z_t, t, sc, drop)
+    return F.mse_loss(x0_hat.float(), z0)
+
+
+@torch.no_grad()
+def sample_blocks(model, prompt, n_blocks, steps, d, t_min, sampler='ddim', guidance=None, commit=None,
+                  generator=None, device='cpu', autocast=None):
+    """
+    Continue the n documents whose first m clean blocks are `prompt` (n, m, N, c) (E first for a document
+    start; m >= 1) block by block up to n_blocks blocks in all, with diffusion.sample for each block.
+    The committed blocks sit in a per-layer KV cache, so a block costs `steps` passes over N queries
+    whatever its index. guidance=w: x0 = x0_c + (w - 1)(x0_c - x0_null), the null pass being the same
+    block at the same index with no prefix (what block_loss's drop trains); w = 0 is the null model alone
+    (the no-prefix baseline). Each new block is committed as commit(x0, k) (the script's decode +
+    re-encode hook; None commits the x0 estimate itself). When the window is full (k = model.max_blocks)
+    it slides: the last max_blocks // 2 blocks are prefilled again at indices 0.. (training windows start
+    mid-document, so that state is in distribution).
+    Generation stops once every document has produced the end marker. Returns the blocks (n, n_out, N, c),
+    prompt included, and each document's length in blocks before its first generated end marker.
+    """
+    ctx = autocast or nullcontext()
+    n, m, N, c = prompt.shape
+    K = model.max_blocks
+    marker = end_marker(N, c).to(device)
+    blocks = [prompt[:, i].to(device).float() for i in range(m)]
+    length = torch.full((n,), -1, dtype=torch.long, device=device)          # -1: no end marker yet
+    zero_t, zero_sc = torch.zeros(n, device=device), torch.zeros(n, N, c, device=device)
+
+    def prefill(window):
+        caches = [dict() for _ in model.blocks]
+        with ctx:
+            for i, z in enumerate(window):
+                model.step(z, zero_t, zero_sc, i, caches, store=True)      # clean rows: t = 0, no sc
+        return caches
+
+    start = max(0, m - K + 1)                                                # room for one more block
+    caches = prefill(blocks[start:])
+    for j in range(m, n_blocks):
+        if j - start == K:                                                   # the window is full: slide
+            start = j - K // 2
+            caches = prefill(blocks[start:])
+        k = j - start
+
+        def net(z, t, sc, cond=None, cond_drop=None):
+            with ctx:
+                if guidance == 0:                                            # the null model alone: no prefix
+                    return model.step(z, t, sc, k, None).float()
+                x0_c = model.step(z, t, sc, k, caches).float()
+                if guidance is None or guidance == 1:
+                    return x0_c
+                x0_u = model.step(z, t, sc, k, None).float()                  # null: no prefix, same index
+            return x0_c + (guidance - 1) * (x0_c - x0_u)
+
+        x0 = sample(net, (n, N, c), steps, d, t_min, sampler, generator=generator, device=device)
+        ended = is_end_block(x0, marker)
+        x0 = commit(x0, j) if commit is not None else x0
+        x0 = torch.where(ended[:, None, None], marker, x0)                   # an end is committed exactly as E
+        length = torch.where((length < 0) & ended, torch.full_like(length, j - m), length)
+        blocks.append(x0)
+        with ctx:
+            model.step(x0, zero_t, zero_sc, k, caches, store=True)           # commit: the clean stream's rows
+        if (length >= 0).all():
+            break
+    length = torch.where(length < 0, torch.full_like(length, len(blocks) - m), length)
+    return torch.stack(blocks, dim=1), length
 
 
 SAMPLERS = ('ddim', 'ancestral', 'heun')

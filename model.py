@@ -7,6 +7,8 @@ The networks of COSMOS, in plain PyTorch and nothing else (no I/O, no Hugging Fa
     Denoiser                      the latent diffusion transformer over the N latent positions, with
                                   time embedding, self-conditioning input, long skips and an optional
                                   source encoder + cross-attention                      -- paper Sec. 6, App. C
+    block_mask, BlockDenoiser     the same denoiser over the clean and noisy blocks of a long document
+                                  under a block-causal mask, with a KV cache for sampling -- Cola DLM, BD3-LM
 
 Shapes: B batch, L tokens, N latents, D width. Masks are boolean, True = a real position to attend to.
 """
@@ -40,13 +42,22 @@ class Attention(nn.Module):
         self.kv = nn.Linear(ctx_dim or dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x, ctx=None, mask=None):
-        # x: (B, Lq, D), ctx: (B, Lk, Dc), mask: (B, Lk) bool or None
+    def forward(self, x, ctx=None, mask=None, cache=None, store=False):
+        # x: (B, Lq, D), ctx: (B, Lk, Dc), mask: (B, Lk) bool (a key padding mask), or a full mask
+        # (B or 1, 1, Lq, Lk) (the block-causal one), or None.
+        # cache (self-attention only): a dict whose 'k', 'v' (B, H, S, D/H), if there, are keys and values of
+        # earlier positions, put before this call's; with store=True the dict keeps the concatenation
+        # (the block sampler's KV cache, BlockDenoiser.step).
         ctx = x if ctx is None else ctx
         B, Lq, D = x.shape
         q = self.q(x).view(B, Lq, self.n_heads, -1).transpose(1, 2)           # (B, H, Lq, D/H)
         k, v = self.kv(ctx).view(B, ctx.shape[1], 2, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, Lk, D/H)
-        attn_mask = None if mask is None else mask[:, None, None, :]          # (B, 1, 1, Lk)
+        if cache is not None:
+            if 'k' in cache:
+                k, v = torch.cat([cache['k'], k], dim=2), torch.cat([cache['v'], v], dim=2)  # (B, H, S + Lk, D/H)
+            if store:
+                cache['k'], cache['v'] = k, v
+        attn_mask = mask if mask is None or mask.dim() == 4 else mask[:, None, None, :]  # (B, 1, 1, Lk)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)      # fused kernel (flash when unmasked)
         return self.out(y.transpose(1, 2).reshape(B, Lq, D))
 
@@ -140,8 +151,8 @@ class Block(nn.Module):
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = MLP(dim)
 
-    def forward(self, x, cond=None):
-        x = x + self.attn(self.norm_attn(x))
+    def forward(self, x, cond=None, mask=None, cache=None, store=False):
+        x = x + self.attn(self.norm_attn(x), mask=mask, cache=cache, store=store)
         if self.cross is not None:
             x = x + self.cross(self.norm_cross(x), cond)
         return x + self.mlp(self.norm_mlp(x))
@@ -213,13 +224,97 @@ class Denoiser(nn.Module):
         x = self.in_proj(z_t) + self.pos_emb                                  # (B, N, D)
         temb = self.time_mlp(timestep_embedding(t, self.dim).to(x.dtype))     # (B, D)
         c = self.encode_source(cond, cond_drop) if self.conditional else None  # (B, Nc, D)
+        return self.trunk(x, temb, x0_sc, c)                                  # (B, N, latent_dim) x0 estimate
+
+    def trunk(self, x, temb, x0_sc, c=None, mask=None, caches=None, store=False):
+        """
+        The transformer after the input embedding: x (B, P, D) embedded positions; temb (B, D) one time
+        embedding per example, or (B, P, D) one per position (the block model); x0_sc (B, P, latent_dim);
+        mask, caches (one dict per block) and store go to the self-attention (BlockDenoiser).
+        """
         skips = []
         for i, block in enumerate(self.blocks):
             j = i - (self.n_layers - len(self.skip_proj))                     # index into the second half
             if j >= 0:
                 x = self.skip_proj[j](torch.cat([x, skips.pop()], dim=-1))    # long skip from block n-1-i
-            x = x + self.time_proj[i](temb)[:, None, :] + self.sc_proj[i](x0_sc)
-            x = block(x, c)
+            tproj = self.time_proj[i](temb)
+            x = x + (tproj[:, None, :] if tproj.dim() == 2 else tproj) + self.sc_proj[i](x0_sc)
+            x = block(x, c, mask, None if caches is None else caches[i], store)
             if i < len(self.skip_proj):
                 skips.append(x)
-        return self.out_proj(self.norm_out(x))                               # (B, N, latent_dim) x0 estimate
+        return self.out_proj(self.norm_out(x))
+
+
+# -----------------------------------------------------------------------------
+# Block-causal denoiser for long text (Cola DLM, BD3-LM): a document is K blocks of N latents, one block
+# per autoencoder chunk. Training runs the Denoiser above over 2*K*N positions, [clean stream | noisy
+# stream], under the block-causal mask; sampling runs one block of N queries at a time against a KV cache
+# of the committed (clean) blocks. Same transformer, same weights: only the block embedding is new.
+
+
+def block_mask(K, N, drop=None):
+    """
+    The block-causal attention mask (True = may attend) over [clean blocks 0..K-1 | noisy blocks 0..K-1],
+    each block N positions, shape (B or 1, 1, 2KN, 2KN):
+        clean q -> clean k : block(k) <= block(q)      (builds the prefix the noisy blocks read)
+        noisy q -> noisy k : block(k) == block(q)      (a block is denoised alone, blind to other noisy blocks)
+        noisy q -> clean k : block(k) <  block(q)      (the clean prefix), unless drop[b, block(q)]
+        clean q -> noisy k : never
+    drop (B, K) bool removes a noisy block's view of the prefix: the null model of classifier-free guidance
+    is this block with nothing before it, at its own index (no null token). No row is ever fully masked:
+    every position sees its own block.
+    """
+    P = K * N
+    blk = torch.arange(K).repeat_interleave(N).repeat(2)                     # (2P,) block of each position
+    noisy = torch.arange(2 * P) >= P                                          # (2P,) stream of each position
+    bq, bk, nq, nk = blk[:, None], blk[None, :], noisy[:, None], noisy[None, :]
+    own = (~nq & ~nk & (bk <= bq)) | (nq & nk & (bk == bq))                  # (2P, 2P)
+    prefix = nq & ~nk & (bk < bq)                                             # (2P, 2P)
+    if drop is None:
+        return (own | prefix)[None, None]
+    keep = ~drop.to(torch.bool)[:, blk.to(drop.device)]                      # (B, 2P) per query's block
+    return (own.to(drop.device) | (prefix.to(drop.device) & keep[:, :, None]))[:, None]  # (B, 1, 2P, 2P)
+
+
+class BlockDenoiser(Denoiser):
+    """
+    The Denoiser over a document of K <= max_blocks blocks. Besides the Denoiser's parameters it has one
+    learned block-index embedding (max_blocks, D), zero-initialised: at init the block model computes
+    exactly what the single-window Denoiser computes on each block, so a trained single-window checkpoint
+    on the same autoencoder initialises it (every key but blk_emb). Unconditional only (no source).
+
+    forward: the training layout, x0 estimates of all K noisy blocks in one pass.
+    step:    one block at index k, N queries, against the caches of the clean blocks before it.
+    """
+
+    def __init__(self, latent_dim, n_latents, dim, n_layers, n_heads, max_blocks):
+        super().__init__(latent_dim, n_latents, dim, n_layers, n_heads)
+        self.max_blocks = max_blocks
+        self.blk_emb = nn.Parameter(torch.zeros(max_blocks, dim))            # zero: see the docstring
+
+    def forward(self, z0, z_t, t, x0_sc, drop=None):
+        # z0, z_t, x0_sc: (B, K, N, c) clean latents, noisy latents, self-conditioning; t: (B, K); drop: (B, K)
+        B, K, N, c = z_t.shape
+        if K > self.max_blocks:
+            raise ValueError(f"{K} blocks, but this model has block embeddings for {self.max_blocks}")
+        blk = torch.arange(K, device=z_t.device).repeat_interleave(N).repeat(2)  # (2P,)
+        x = torch.cat([z0, z_t], dim=1).view(B, 2 * K * N, c)                # clean stream, then noisy
+        x = self.in_proj(x) + self.pos_emb.repeat(2 * K, 1) + self.blk_emb[blk]  # (B, 2P, D)
+        tau = torch.cat([torch.zeros_like(t), t], dim=1).repeat_interleave(N, dim=1)  # (B, 2P): clean at t = 0
+        temb = self.time_mlp(timestep_embedding(tau.reshape(-1), self.dim).to(x.dtype)).view(B, 2 * K * N, -1)
+        sc = torch.cat([torch.zeros_like(x0_sc), x0_sc], dim=1).view(B, 2 * K * N, c)  # the clean stream reads none
+        mask = block_mask(K, N, drop).to(z_t.device)
+        return self.trunk(x, temb, sc, mask=mask)[:, K * N:].reshape(B, K, N, c)  # (B, K, N, c) noisy blocks' x0
+
+    def step(self, z, t, x0_sc, k, caches=None, store=False):
+        """
+        One block at index k: z, x0_sc (B, N, c), t (B,). Its N positions attend to themselves and to what
+        `caches` (a list of one dict per layer, or None: no prefix, the guidance null) holds, exactly the
+        key set of the noisy block k in training. Committing a block is step(z0, 0, 0, k, caches,
+        store=True): the clean stream's rows, whose keys and values the cache then keeps.
+        """
+        B, N, c = z.shape
+        x = self.in_proj(z) + self.pos_emb + self.blk_emb[k]                 # (B, N, D)
+        temb = self.time_mlp(timestep_embedding(t.expand(B), self.dim).to(x.dtype))  # (B, D)
+        temb = temb[:, None, :].expand(B, N, -1)                              # per position, as in forward
+        return self.trunk(x, temb, x0_sc, caches=caches, store=store)        # (B, N, c)

@@ -13,7 +13,7 @@ import torch
 import common
 from autoencoder import load_autoencoder
 from diffusion import sample
-from model import Denoiser
+from model import BlockDenoiser, Denoiser
 
 
 def load_pipeline(ckpt_path, ae_ckpt='', device='cpu', use_ema=True):
@@ -29,7 +29,7 @@ def load_pipeline(ckpt_path, ae_ckpt='', device='cpu', use_ema=True):
     if ae.fingerprint() != ckpt['autoencoder']['fingerprint']:
         common.die(f"autoencoder '{ae_path}' (fingerprint {ae.fingerprint()}) is not the one diffusion checkpoint "
                    f"'{ckpt_path}' was trained on (fingerprint {ckpt['autoencoder']['fingerprint']})")
-    denoiser = Denoiser(**ckpt['model_args'])
+    denoiser = (BlockDenoiser if 'max_blocks' in ckpt['model_args'] else Denoiser)(**ckpt['model_args'])  # long text
     common.load_state(denoiser, ckpt['ema' if use_ema else 'model'], ckpt_path)
     return denoiser.to(device).eval(), ae, ckpt
 

@@ -7,13 +7,27 @@ Generate text from a trained diffusion checkpoint (its EMA weights) and the auto
     echo "tom found a red ball in the park. he gave it to anna. anna was happy." | python sample.py --ckpt=out/tiny_cond/ckpt.pt --sources=-
     # round trip your own sentence through a trained autoencoder: encode, the latent's statistics, decode
     python sample.py --ae_ckpt=out/tiny_ae/ckpt.pt --roundtrip="tom found a red ball in the park."
+    # long text (a block model): continue a prompt, prompts from a file, or a prepared folder's held-out documents
+    python sample.py --ckpt=out/tiny_long/ckpt.pt --prompt="tom found a red ball in the park. he gave it to anna. anna was happy."
+    python sample.py --ckpt=out/tiny_long/ckpt.pt --prompts=prompts.txt --n_blocks=6 --out=continuations.jsonl
+    python sample.py --ckpt=out/long_wiki_n16/ckpt.pt --prompts=data/wiki_l128 --prompt_blocks=2 --n_blocks=6 --out=cont.jsonl
 
 --num_seeds=k draws num_samples texts for each of the seeds seed, seed+1, ..., seed+k-1 and writes each
 row's seed, so that `python evaluate.py --samples=FILE` reports every metric as mean and std over seeds.
+Block models (train_diff.py task='blocks') write long text block by block: a prompt is chunked as the
+training data are (corpus.chunk_document: whole sentences, at most L tokens a chunk), encoded and put
+after the document-start marker, and up to n_blocks blocks follow, each committed by decoding it and
+encoding the text again (reencode) so that the model always reads clean encodings of real text, as in
+training; a document ends at the end marker. Without a prompt, num_samples documents are written from the
+start marker. --guidance=0 samples every block without its prefix (the no-prefix baseline). Prompts given to
+an unconditional single-window model give the independent-window baseline: n_blocks independent samples
+per prompt, in the same rows.
+
 Everything about the models (sizes, schedule d, t_min, latent statistics) comes from the checkpoints,
 never from flags typed again.
 """
 import json
+import os
 import sys
 import time
 
@@ -21,8 +35,8 @@ import torch
 
 import common
 from autoencoder import load_autoencoder
-from corpus import read_jsonl, read_lines
-from diffusion import SAMPLERS
+from corpus import Prepared, chunk_document, read_jsonl, read_lines
+from diffusion import SAMPLERS, end_marker, sample_blocks
 from pipeline import encode_texts, generate, load_pipeline
 
 config = dict(
@@ -36,7 +50,15 @@ config = dict(
     batch_size=64,               # texts per sampler batch (and sources per encoder batch)
     out='',                      # also write JSONL: {"text", "seed", ...}; conditional: {"source", "target", "generation", ...}
     sources='',                  # conditional models: a .txt (one source a line), a .jsonl (source[, target]), or - for stdin
-    guidance=1.0,                # classifier-free guidance weight w (1 = plain conditional; > 1 stronger)
+    guidance=1.0,                # classifier-free guidance weight w (1 = plain conditional; > 1 stronger;
+                                 # block models: 0 = the null model, every block without its prefix)
+    # long text: block models (train_diff.py task='blocks')
+    prompt='',                   # one prompt to continue
+    prompts='',                  # prompts to continue: a .txt (one a line), a .jsonl ("prompt" field), - for stdin,
+                                 # or a prepared folder: its held-out documents' first prompt_blocks rows
+    prompt_blocks=1,             # prepared-folder prompts: rows (blocks) of each document given; the rest is the reference
+    n_blocks=8,                  # blocks (chunks) generated at most after the prompt; fewer if the document ends
+    reencode=True,               # commit each block as the encoding of its decoded text (else its x0 latent)
     use_ema=True,                # sample from the EMA weights (the paper's choice)
     roundtrip='',                # a text (or - for stdin lines) to encode and decode with the autoencoder; no sampling
     device='auto',               # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1'
@@ -82,6 +104,153 @@ def roundtrip(cfg, env):
         print(f"tokens right {acc:.3f} | exact {'yes' if acc == 1.0 else 'no'}\n")
 
 
+def prompt_rows(text, tokenizer, L):
+    """
+    A prompt as the training data's rows: chunked by corpus.chunk_document (whole sentences, at most L tokens
+    a row), each row as ids [CLS] ... [SEP] [PAD]... (L,) with its mask, and its text.
+    """
+    rows, _ = chunk_document(text, tokenizer, L)
+    ids = torch.full((len(rows), L), tokenizer.pad_token_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row) + 2] = torch.tensor([tokenizer.cls_token_id, *row, tokenizer.sep_token_id])
+    mask = ids != tokenizer.pad_token_id
+    return ids, mask, [tokenizer.decode(row) for row in rows]
+
+
+def folder_prompts(cfg, ae):
+    """
+    Prompts from a prepared folder (data/prepare.py, the same tokenizer and L): the first prompt_blocks rows
+    of each held-out document that has more, up to num_samples documents, with the rest of the document as
+    the reference. Returns [(ids, mask, prompt texts, reference texts)].
+    """
+    data = Prepared(cfg['prompts']).check(ae.encoder.tokenizer, ae.args['max_len'])
+    docs, p, out = data.docs('val'), cfg['prompt_blocks'], []
+    if p < 1:
+        common.die(f"prompt_blocks must be at least 1, not {p}")
+    for lo, hi in zip(docs[:-1].tolist(), docs[1:].tolist()):
+        if hi - lo > p and len(out) < cfg['num_samples']:
+            ids, mask = data.val.batch(range(lo, hi))
+            texts = ae.encoder.decode(ids)
+            out.append((ids[:p], mask[:p], texts[:p], texts[p:]))
+    if not out:
+        common.die(f"no held-out document of '{cfg['prompts']}' has more than prompt_blocks={p} rows")
+    return out
+
+
+def read_prompts(cfg):
+    """The prompts to continue (--prompt, or --prompts=FILE), or [] for free generation."""
+    if cfg['prompt'] and cfg['prompts']:
+        common.die("give --prompt or --prompts, not both")
+    if cfg['prompt']:
+        return [cfg['prompt']]
+    if not cfg['prompts']:
+        return []
+    if cfg['prompts'].endswith('.jsonl'):
+        prompts = [row['prompt'] for row in read_jsonl(cfg['prompts'], ['prompt'])]
+    else:
+        prompts = [line for _, line in read_lines(cfg['prompts'])]
+    if not prompts:
+        common.die(f"no prompts in '{cfg['prompts']}'")
+    return prompts
+
+
+@torch.no_grad()
+def continue_documents(denoiser, ae, prompts, cfg, d, device, ctx, chunked=None, seed=0):
+    """
+    Rows of {"prompt", "prompt_chunks", "blocks", "generation", "ended"} (and "reference" for prompts from a
+    prepared folder, given as `chunked`): each prompt (or, with none, num_samples empty ones) continued by
+    up to n_blocks blocks. Prompts of the same chunk count are batched
+    together (the KV cache holds one prefix length per batch). The commit hook decodes each new block and,
+    with reencode, commits the encoding of that text; the texts are the ones the hook decoded.
+    """
+    N, c = ae.args['n_latents'], ae.args['dim']
+    marker = end_marker(N, c).to(device)
+    tok, L = ae.encoder.tokenizer, ae.args['max_len']
+    if chunked is None:
+        chunked = [prompt_rows(p, tok, L) for p in prompts] or [(None, None, [])] * cfg['num_samples']
+    rows = [None] * len(chunked)
+    generator = torch.Generator(device).manual_seed(seed)
+    for m in sorted({len(ch[2]) for ch in chunked}):
+        group = [i for i, ch in enumerate(chunked) if len(ch[2]) == m]
+        for s in range(0, len(group), cfg['batch_size']):
+            idx = group[s:s + cfg['batch_size']]
+            prompt = marker.expand(len(idx), 1, N, c)                          # the document-start marker
+            if m:
+                ids = torch.cat([chunked[i][0] for i in idx])
+                mask = torch.cat([chunked[i][1] for i in idx])
+                with ctx:
+                    z = ae.encode(ids=ids, mask=mask, normalize=True).float()
+                prompt = torch.cat([prompt, z.view(len(idx), m, N, c)], dim=1)
+            said = {}
+
+            def commit(x0, j):
+                with ctx:
+                    said[j] = ae.decode(x0, normalized=True)[1]
+                    return ae.encode(said[j], normalize=True).float() if cfg['reencode'] else x0
+            blocks, length = sample_blocks(denoiser, prompt, 1 + m + cfg['n_blocks'], cfg['steps'], d['schedule_d'],
+                                           d['t_min'], cfg['sampler'], cfg['guidance'], commit, generator, device, ctx)
+            n_gen = blocks.shape[1] - 1 - m
+            for b, i in enumerate(idx):
+                texts = [said[1 + m + j][b] for j in range(int(length[b]))]
+                rows[i] = dict(prompt=prompts[i] if prompts else '', prompt_chunks=chunked[i][2], blocks=texts,
+                               generation=' '.join(texts), ended=bool(length[b] < n_gen))
+                if len(chunked[i]) > 3:
+                    rows[i]['reference'] = chunked[i][3]
+    return rows
+
+
+def independent_windows(denoiser, ae, prompts, cfg, d, device, ctx, chunked=None, seed=0):
+    """
+    The independent-window baseline of long text: a single-window model cannot read a prompt, so each
+    prompt is "continued" by n_blocks independent samples, in continue_documents' rows (never ended).
+    """
+    tok, L = ae.encoder.tokenizer, ae.args['max_len']
+    if chunked is None:
+        chunked = [prompt_rows(p, tok, L) for p in prompts]
+    k = cfg['n_blocks']
+    texts, _ = generate(denoiser, ae, len(chunked) * k, cfg['steps'], d['schedule_d'], d['t_min'], cfg['sampler'],
+                        seed, cfg['batch_size'], device, ctx)
+    rows = []
+    for i, ch in enumerate(chunked):
+        rows.append(dict(prompt=prompts[i], prompt_chunks=ch[2], blocks=texts[i * k:(i + 1) * k],
+                         generation=' '.join(texts[i * k:(i + 1) * k]), ended=False))
+        if len(ch) > 3:
+            rows[-1]['reference'] = ch[3]
+    return rows
+
+
+def long_text(denoiser, ae, ckpt, cfg, env, ctx):
+    """Continue prompts (or write documents from scratch) with a block model, for each seed; JSONL rows as
+    continue_documents writes them, with their seed. A single-window model gives the independent-window baseline."""
+    d, blocks = ckpt['diffusion_args'], ckpt['diffusion_args'].get('task') == 'blocks'
+    if blocks and cfg['sources']:
+        common.die(f"'{cfg['ckpt']}' is a block model (long text): continue prompts with --prompt or --prompts")
+    if denoiser.conditional:
+        common.die(f"'{cfg['ckpt']}' is a conditional model: it takes --sources, not prompts")
+    if cfg['n_blocks'] < 1:
+        common.die(f"n_blocks must be at least 1, not {cfg['n_blocks']}")
+    chunked = folder_prompts(cfg, ae) if cfg['prompts'] and os.path.isdir(cfg['prompts']) else None
+    prompts = [' '.join(c[2]) for c in chunked] if chunked else read_prompts(cfg)
+    meta = dict(ckpt=cfg['ckpt'], step=ckpt['step'], steps=cfg['steps'], sampler=cfg['sampler'], ema=cfg['use_ema'],
+                guidance=cfg['guidance'], reencode=cfg['reencode'], context=blocks)
+    f = open(cfg['out'], 'w') if cfg['out'] else None
+    t0, n_rows = time.time(), 0
+    for seed in range(cfg['seed'], cfg['seed'] + cfg['num_seeds']):
+        run = continue_documents if blocks else independent_windows  # the latter: the independent-window baseline
+        rows = run(denoiser, ae, prompts, cfg, d, env['device'], ctx, chunked, seed)
+        n_rows += len(rows)
+        for row in rows:
+            print(row['generation'])
+        if f:
+            for row in rows:
+                f.write(json.dumps(dict(row, seed=seed, **meta)) + '\n')
+            f.flush()
+    if f:
+        f.close()
+    print(f"# {n_rows} documents, {cfg['num_seeds']} seed(s), {cfg['steps']} {cfg['sampler']} steps, "
+          f"{time.time() - t0:.1f}s on {env['device']}", file=sys.stderr)
+
+
 def main(cfg):
     env = common.setup(cfg['device'], cfg['seed'])
     if cfg['roundtrip']:
@@ -93,6 +262,8 @@ def main(cfg):
     denoiser, ae, ckpt = load_pipeline(cfg['ckpt'], cfg['ae_ckpt'], env['device'], cfg['use_ema'])
     d = ckpt['diffusion_args']
     ctx = common.autocast(env['device_type'], cfg['dtype'])
+    if d.get('task') == 'blocks' or cfg['prompt'] or cfg['prompts']:
+        return long_text(denoiser, ae, ckpt, cfg, env, ctx)
     rows, cond, guidance = None, None, None
     if denoiser.conditional:
         if not cfg['sources']:

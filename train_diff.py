@@ -7,12 +7,22 @@ autoencoder (train_ae.py).
     torchrun --standalone --nproc_per_node=8 train_diff.py config/diff_roc_n16.py   # eight GPUs, DDP
     python train_diff.py config/tiny_diff.py --init_from=resume                     # resume exactly
     python train_diff.py config/tiny_cond.py                                        # source -> target pairs
+    python train_diff.py config/tiny_long.py                                        # long text, block by block
 
 Conditional generation (paper Sec. 7, task='conditional'): the data are source/target pairs; the source
 goes through the same frozen encoder and compressor (up to src_max_len tokens), its normalised latent
 through a trainable source encoder, and every denoiser block cross-attends to it. A share cond_drop of
 the examples sees a learned null source instead, for classifier-free guidance at sampling. With
 init_from='pretrained' training starts from an unconditional diffusion checkpoint (the paper does).
+
+Long text (Cola DLM, task='blocks'): each row (a chunk of a document, corpus.chunk_document) is one block
+of N latents; a split's documents are laid end to end with an end marker block E between them, a
+training example is a window of n_blocks consecutive blocks of that stream, and model.BlockDenoiser
+learns every block given the clean blocks before it (diffusion.block_loss). cond_drop is then the share
+of blocks that lose their prefix, for guidance at sampling. init_from='pretrained' starts it from a
+single-window checkpoint on the same autoencoder. Validation logs the loss per block index and the prefix
+gain (the loss without the prefix minus the loss with it, same noise): how much the model reads what
+comes before.
 
 The data are prepared rows (data/prepare.py, corpus.py), with the autoencoder's tokenizer and L. With
 cache_latents on, the rows are turned into latents once by the frozen encoder + compressor and kept as one
@@ -35,8 +45,8 @@ import common
 import flops
 from autoencoder import load_autoencoder, resolve_encoder
 from corpus import open_data
-from diffusion import diffusion_loss, ema_update, q_sample
-from model import DENOISER_SIZES, Denoiser
+from diffusion import block_loss, diffusion_loss, ema_update, end_marker, q_sample, sample_blocks
+from model import DENOISER_SIZES, BlockDenoiser, Denoiser
 from pipeline import generate
 
 config = dict(
@@ -64,10 +74,12 @@ config = dict(
     n_stories=20000,             # raw source only: size of the embedded corpus when data='stories'
     cache_latents=True,          # encode the corpus once into an fp16 memmap (else encode every step)
     # conditional generation (paper Sec. 7); data is then 'stories' (the tiny task) or a source/target .jsonl
-    task='unconditional',        # 'unconditional' or 'conditional'
+    task='unconditional',        # 'unconditional', 'conditional' or 'blocks' (long text, model.BlockDenoiser)
     src_max_len=128,             # source tokens read (App. A: XSum and SQuAD 512, ParaDetox 40); longer are cut and counted
     cond_layers=12,              # layers of the trainable source encoder (the paper: 12)
-    cond_drop=0.1,               # share of training examples that see the null source (classifier-free guidance)
+    cond_drop=0.1,               # share of training examples that see the null source (classifier-free guidance;
+                                 # task='blocks': share of blocks that lose their view of the prefix)
+    n_blocks=4,                  # task='blocks': K, blocks (rows) per training window and block embeddings
     # model (paper App. C): a named size from model.DENOISER_SIZES
     size='base',                 # 'tiny', 'mini', 'small' or 'base' (12 layers x 768 x 12 heads)
     # diffusion (paper Sec. 6, Table 7)
@@ -175,6 +187,90 @@ def load_pretrained(model, path, fingerprint, log):
     log(f"initialised {len(shared)} of {len(own)} tensors from '{path}' (step {ckpt['step']})")
 
 
+# -----------------------------------------------------------------------------
+# long text (task='blocks'): the rows of each split as one stream of documents -> windows of K blocks
+
+
+def block_stream(docs):
+    """
+    The stream of a split's rows with the end marker before every document and after the last, as row
+    indices with -1 for the marker: E a1 a2 .. E b1 b2 .. E. docs (documents + 1,) holds the first row of
+    each document and the end (corpus.Prepared.docs); the rows of a document are consecutive.
+    """
+    docs = np.asarray(docs, dtype=np.int64)
+    n_rows, n_docs = int(docs[-1]), len(docs) - 1
+    stream = np.full(n_rows + n_docs + 1, -1, dtype=np.int64)
+    doc_of_row = np.repeat(np.arange(n_docs), np.diff(docs))                    # (rows,)
+    stream[np.arange(n_rows) + doc_of_row + 1] = np.arange(n_rows)              # each document after its E
+    return stream
+
+
+class BlockWindows:
+    """
+    Training windows of K consecutive blocks of a block_stream. Window j starts at stream position j*K/2:
+    windows overlap by half, so every block is trained both early and late in a window, and windows start
+    mid-document (the state of a sampler whose window slides). latents(rows) gives the normalised latents
+    (B, N, d) of rows (from the fp16 cache, or encoded on the fly); markers become E.
+    """
+
+    def __init__(self, stream, latents, K, marker):
+        self.stream, self.latents, self.K, self.marker = stream, latents, K, marker
+        self.stride = max(1, K // 2)
+
+    def __len__(self):
+        return max(0, (len(self.stream) - self.K) // self.stride + 1)
+
+    def __getitem__(self, idx):
+        r = self.stream[np.asarray(idx, dtype=np.int64)[:, None] * self.stride + np.arange(self.K)]  # (B, K)
+        real = torch.from_numpy(r >= 0)
+        z = torch.empty(*r.shape, *self.marker.shape)                          # (B, K, N, d)
+        z[~real] = self.marker
+        if real.any():
+            z[real] = self.latents(r[r >= 0]).float().cpu()
+        return z
+
+
+def document_texts(ae, blocks, length, ctx):
+    """The texts of generated blocks (n, k, N, d) (normalised), each document cut at its end marker (length)."""
+    n, k = blocks.shape[:2]
+    with ctx:
+        texts = ae.decode(blocks.flatten(0, 1), normalized=True)[1] if k else []
+    return [texts[i * k:i * k + int(length[i])] for i in range(n)]
+
+
+def evaluate_blocks(ema, windows, marker, ae, cfg, g, device, ctx, step):
+    """
+    Validation of a block model on the first eval_size windows, with fixed t and noise: the x0 loss per block
+    index, and the prefix gain per block index, the loss with every prefix dropped minus the loss with it
+    (a sampling-free measure of how much the model reads what comes before; ~0 at block 0, which has no
+    prefix). Also a few documents sampled from a document start (the end marker). Returns (val loss, log).
+    """
+    K, mb = cfg['n_blocks'], cfg['micro_batch_size']
+    n = min(len(windows), cfg['eval_size'])
+    sums = torch.zeros(2, K)
+    with torch.no_grad(), ctx:
+        for i in range(0, n, mb):
+            z0 = windows[np.arange(i, min(n, i + mb))].to(device)             # (B, K, N, d)
+            B = len(z0)
+            t = cfg['t_min'] + (1 - cfg['t_min']) * torch.rand(B, K, generator=g, device=device)
+            eps = torch.randn(z0.shape, generator=g, device=device)
+            z_t = q_sample(z0.flatten(0, 1), t.flatten(), eps.flatten(0, 1), cfg['schedule_d']).view_as(z0)
+            for j, drop in enumerate((None, torch.ones(B, K, dtype=torch.bool, device=device))):
+                x0 = ema(z0, z_t, t, torch.zeros_like(z0), drop)
+                sums[j] += ((x0.float() - z0) ** 2).mean(dim=(2, 3)).sum(0).cpu()
+    loss, null = sums / n
+    val_loss = loss.mean().item()
+    common.check_finite(val_loss, 'validation loss', step)
+    prompt = marker.expand(cfg['eval_samples'], 1, *marker.shape).to(device)
+    out, length = sample_blocks(ema, prompt, K, cfg['sample_steps'], cfg['schedule_d'], cfg['t_min'],
+                                generator=torch.Generator(device).manual_seed(0), device=device, autocast=ctx)
+    docs = document_texts(ae, out[:, 1:], length, ctx)
+    fmt = lambda v: ' '.join(f"{x:.4f}" for x in v.tolist())
+    line = (f"eval {step:>7} | val loss (EMA, no self-cond) {val_loss:.4f} | per block {fmt(loss)} | prefix gain "
+            f"{fmt(null - loss)} | samples: " + ' | '.join(' / '.join(doc) for doc in docs))
+    return val_loss, line
+
+
 def main(cfg):
     env = common.setup(cfg['device'], cfg['seed'])
     device, master = env['device'], env['master']
@@ -195,12 +291,14 @@ def main(cfg):
     ae_info = dict(path=ae_path, fingerprint=ae.fingerprint(), model_args=ae.args)
 
     # data: prepared rows (targets; and aligned source rows, for a conditional model) -> normalised latents
-    if cfg['task'] not in ('unconditional', 'conditional'):
-        common.die(f"task must be 'unconditional' or 'conditional', not '{cfg['task']}'")
-    conditional = cfg['task'] == 'conditional'
+    if cfg['task'] not in ('unconditional', 'conditional', 'blocks'):
+        common.die(f"task must be 'unconditional', 'conditional' or 'blocks', not '{cfg['task']}'")
+    conditional, blocks = cfg['task'] == 'conditional', cfg['task'] == 'blocks'
     data = open_data(cfg, ae.encoder.tokenizer, resolve_encoder(ae.args['encoder']), ae.args['encoder'],
                      ae.args['max_len'], env, log, pairs=conditional, src_max_len=cfg['src_max_len'] if conditional else 0)
     n_train, n_val = len(data.train), min(cfg['eval_size'], len(data.val))
+    if blocks:  # the first eval_size validation windows (K blocks every K/2) read at most this many rows
+        n_val = min(len(data.val), (cfg['eval_size'] - 1) * max(1, cfg['n_blocks'] // 2) + cfg['n_blocks'])
     t0 = time.time()
     latents = lambda rows, n, name: cached_latents(ae, rows, n, name, cfg, env, ctx, log)
     val_z = from_cache(latents(data.val, n_val, 'val'), np.arange(n_val))
@@ -218,6 +316,16 @@ def main(cfg):
         f"{ae.args['n_latents']} x d={ae.args['dim']} ({time.time() - t0:.1f}s{', cached' if cfg['cache_latents'] else ''}); "
         f"{cut} when it was prepared")
     val_texts = ae.encoder.decode(data.val.batch(range(min(n_val, cfg['eval_samples'])))[0]) if conditional else []
+    if blocks:  # windows of K consecutive blocks over each split's documents, end markers between them
+        marker = end_marker(ae.args['n_latents'], ae.args['dim'])
+        train_latents = (lambda r: from_cache(train_z, r)) if train_z is not None else \
+            (lambda r: encode_rows(ae, data.train, r, ctx))
+        train_windows = BlockWindows(block_stream(data.docs('train')), train_latents, cfg['n_blocks'], marker)
+        val_windows = BlockWindows(block_stream(data.docs('val')), lambda r: val_z[r], cfg['n_blocks'], marker)
+        log(f"windows of {cfg['n_blocks']} blocks: {len(train_windows):,} train / "
+            f"{min(cfg['eval_size'], len(val_windows)):,} val, over {len(data.docs('train')) - 1:,} / "
+            f"{len(data.docs('val')) - 1:,} documents")
+        n_train = len(train_windows)  # what the batch indices draw from
 
     # the denoiser, from the config or (resume) from what the checkpoint says
     if cfg['size'] not in DENOISER_SIZES:
@@ -225,6 +333,10 @@ def main(cfg):
     args = dict(latent_dim=ae.args['dim'], n_latents=ae.args['n_latents'], **DENOISER_SIZES[cfg['size']],
                 cond_layers=cfg['cond_layers'] if conditional else 0,
                 n_cond_latents=ae.args['n_latents'] if conditional else 0)
+    if blocks:  # the block model: no source, K block embeddings
+        args = dict(latent_dim=ae.args['dim'], n_latents=ae.args['n_latents'], **DENOISER_SIZES[cfg['size']],
+                    max_blocks=cfg['n_blocks'])
+    Model = BlockDenoiser if blocks else Denoiser
     diff_args = dict(schedule_d=cfg['schedule_d'], t_min=cfg['t_min'], task=cfg['task'],
                      src_max_len=cfg['src_max_len'])
     step, ckpt = 0, None
@@ -237,10 +349,10 @@ def main(cfg):
         step = ckpt['step']
     elif cfg['init_from'] not in ('scratch', 'pretrained'):
         common.die(f"init_from must be 'scratch', 'resume' or 'pretrained', not '{cfg['init_from']}'")
-    raw = Denoiser(**args).to(device)
+    raw = Model(**args).to(device)
     if cfg['init_from'] == 'pretrained':
         load_pretrained(raw, cfg['pretrained_ckpt'], ae_info['fingerprint'], log)
-    ema = Denoiser(**args).to(device).requires_grad_(False)
+    ema = Model(**args).to(device).requires_grad_(False)
     ema.load_state_dict(raw.state_dict())
     optimizer = common.make_optimizer(raw, cfg['lr'], (cfg['beta1'], cfg['beta2']), cfg['weight_decay'])
     if ckpt is not None:
@@ -252,13 +364,17 @@ def main(cfg):
     log(f"denoiser '{cfg['size']}': {sum(p.numel() for p in raw.parameters()) / 1e6:.2f}M parameters, "
         f"{accum} micro-steps x {cfg['micro_batch_size']} x {env['world_size']} processes")
 
-    step_flops = flops.diffusion_train_flops(args, cfg['batch_size'], cfg['self_cond_prob'])  # None: conditional
+    # a block window is 2KN positions, each attending to all 2KN keys (SDPA computes the masked ones too)
+    flop_args = dict(args, n_latents=2 * cfg['n_blocks'] * args['n_latents']) if blocks else args
+    step_flops = flops.diffusion_train_flops(flop_args, cfg['batch_size'], cfg['self_cond_prob'])  # None: conditional
     model = torch.compile(raw) if cfg['compile'] else raw
     if env['ddp']:
         model = DDP(model, device_ids=[env['local_rank']] if env['device_type'] == 'cuda' else None)
 
     def batch(idx):
         """(z0, source latent or None) of a micro-batch: from the cache, or encoded on the fly."""
+        if blocks:
+            return train_windows[idx.numpy()].to(device, non_blocking=True), None  # (B, K, N, d)
         idx = idx.numpy()
         if train_z is not None:
             z0 = from_cache(train_z, idx).to(device, non_blocking=True)
@@ -275,8 +391,12 @@ def main(cfg):
             z0, src = batch(idx)
             sync = nullcontext() if (not env['ddp'] or micro == accum - 1) else model.no_sync()
             with sync, ctx:
-                loss = diffusion_loss(model, z0, cfg['schedule_d'], cfg['t_min'], cfg['self_cond_prob'],
-                                      src, cfg['cond_drop'])
+                if blocks:
+                    loss = block_loss(model, z0, cfg['schedule_d'], cfg['t_min'], cfg['self_cond_prob'],
+                                      cfg['cond_drop'])
+                else:
+                    loss = diffusion_loss(model, z0, cfg['schedule_d'], cfg['t_min'], cfg['self_cond_prob'],
+                                          src, cfg['cond_drop'])
                 (loss / accum).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg['grad_clip'])
         optimizer.step()
@@ -298,27 +418,31 @@ def main(cfg):
             # a fixed generator: every evaluation scores the same t and noise, and the training RNG
             # stream is left untouched (so that a resumed run continues exactly)
             g = torch.Generator(device).manual_seed(0)
-            with torch.no_grad(), ctx:
-                losses = []
-                for i in range(0, len(val_z), cfg['micro_batch_size']):
-                    z0 = val_z[i:i + cfg['micro_batch_size']].to(device)
-                    src = val_src[i:i + cfg['micro_batch_size']].to(device) if conditional else None
-                    t = cfg['t_min'] + (1 - cfg['t_min']) * torch.rand(len(z0), generator=g, device=device)
-                    eps = torch.randn(z0.shape, generator=g, device=device)
-                    x0 = ema(q_sample(z0, t, eps, cfg['schedule_d']), t, torch.zeros_like(z0), src)
-                    losses.append(((x0.float() - z0) ** 2).mean().item() * len(z0))
-            val_loss = sum(losses) / len(val_z)
-            common.check_finite(val_loss, 'validation loss', step)
-            n_gen = min(cfg['eval_samples'], len(val_z))
-            texts, _ = generate(ema, ae, n_gen, cfg['sample_steps'], cfg['schedule_d'], cfg['t_min'], seed=0,
-                                device=device, autocast=ctx, cond=val_src[:n_gen] if conditional else None)
-            extra = ''
-            if conditional:  # exact match against the held-out targets, case and spacing aside
-                norm = lambda x: ' '.join(x.lower().replace(' .', '.').replace(' ,', ',').split())
-                exact = sum(norm(a) == norm(b) for a, b in zip(texts, val_texts)) / max(1, n_gen)
-                extra = f" | exact match {exact:.3f} on {n_gen} held-out sources"
-            log(f"eval {step:>7} | val loss (EMA, no self-cond) {val_loss:.4f}{extra} | samples: "
-                + ' | '.join(texts[:4]))
+            if blocks:
+                val_loss, line = evaluate_blocks(ema, val_windows, marker, ae, cfg, g, device, ctx, step)
+                log(line)
+            else:
+                with torch.no_grad(), ctx:
+                    losses = []
+                    for i in range(0, len(val_z), cfg['micro_batch_size']):
+                        z0 = val_z[i:i + cfg['micro_batch_size']].to(device)
+                        src = val_src[i:i + cfg['micro_batch_size']].to(device) if conditional else None
+                        t = cfg['t_min'] + (1 - cfg['t_min']) * torch.rand(len(z0), generator=g, device=device)
+                        eps = torch.randn(z0.shape, generator=g, device=device)
+                        x0 = ema(q_sample(z0, t, eps, cfg['schedule_d']), t, torch.zeros_like(z0), src)
+                        losses.append(((x0.float() - z0) ** 2).mean().item() * len(z0))
+                val_loss = sum(losses) / len(val_z)
+                common.check_finite(val_loss, 'validation loss', step)
+                n_gen = min(cfg['eval_samples'], len(val_z))
+                texts, _ = generate(ema, ae, n_gen, cfg['sample_steps'], cfg['schedule_d'], cfg['t_min'], seed=0,
+                                    device=device, autocast=ctx, cond=val_src[:n_gen] if conditional else None)
+                extra = ''
+                if conditional:  # exact match against the held-out targets, case and spacing aside
+                    norm = lambda x: ' '.join(x.lower().replace(' .', '.').replace(' ,', ',').split())
+                    exact = sum(norm(a) == norm(b) for a, b in zip(texts, val_texts)) / max(1, n_gen)
+                    extra = f" | exact match {exact:.3f} on {n_gen} held-out sources"
+                log(f"eval {step:>7} | val loss (EMA, no self-cond) {val_loss:.4f}{extra} | samples: "
+                    + ' | '.join(texts[:4]))
             rng = common.gather_rng_states(env)  # a collective: every rank calls it
             if master:
                 common.save_checkpoint(dict(stage='diffusion', model_args=args, diffusion_args=diff_args,

@@ -1,0 +1,34 @@
+# Long text over the Wikipedia N=16 autoencoder (config/ae_wiki_n16.py): a block-causal 'base' denoiser over
+# windows of K=8 chunks of at most 128 tokens (1,024 tokens), 8 GPUs:
+#   python data/prepare.py --data=hf:wikimedia/wikipedia:20231101.en --out_dir=data/wiki_l128 \
+#       --encoder=bert-base-uncased --max_len=128 --val_size=50000 --num_proc=32    # the autoencoder's rows
+#   torchrun --standalone --nproc_per_node=8 train_diff.py config/long_wiki_n16.py
+#   python sample.py --ckpt=out/long_wiki_n16/ckpt.pt --prompts=prompts.txt --n_blocks=6 --out=cont.jsonl
+#   python eval_long.py --samples=cont.jsonl --stories=False
+# The same prepared rows as the autoencoder's data (articles chunked at sentence boundaries, rows of an
+# article consecutive); a block is a row. The latent cache of all of Wikipedia (~45M rows x 16 x 768 fp16,
+# ~1.1 TB) will not fit most disks: hence cache_latents = False, each batch encoded on the fly (about doubles
+# the FLOPs of a step); prepare a smaller source to cache it. Nothing here has been run or timed.
+# FLOPs (torch.utils.flop_counter, matrix products and attention only, counted on the CPU 2026-11-26): a training
+# step costs 218.0 GFLOP per window (self-conditioning pass + forward + backward over 2 x 8 x 16 positions), so
+# 55.8 TFLOP per step of 256 windows; one cached sampling step at block 7 costs 3.44 GFLOP, so a 1,024-token
+# document (8 blocks x 200 steps, w = 1) about 5.5 TFLOP, about twice that with guidance (w != 1).
+out_dir = 'out/long_wiki_n16'
+ae_ckpt = 'out/ae_wiki_n16/ckpt.pt'
+task = 'blocks'
+data = 'data/wiki_l128'          # the prepared folder (data/prepare.py above)
+n_blocks = 8
+size = 'base'                    # 12 x 768 x 12; + 8 x 768 block embeddings
+# init_from = 'pretrained'; pretrained_ckpt = 'out/diff_roc_n16/ckpt.pt'   # same autoencoder: a warm start
+schedule_d = 3.0                 # COSMOS's Wikipedia value
+self_cond_prob = 0.5
+cond_drop = 0.1                  # share of blocks that lose their prefix (guidance)
+batch_size = 256                 # windows = 2,048 blocks per step
+micro_batch_size = 32            # per GPU: 8 x 32, no accumulation
+max_steps = 200000
+lr = 2e-4
+ema_decay = 0.9999
+eval_interval = 5000
+eval_size = 1024
+cache_latents = False
+sample_steps = 200
