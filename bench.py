@@ -22,7 +22,6 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
 
 import common
 from autoencoder import Autoencoder
@@ -44,7 +43,7 @@ config = dict(
     ae_layers=12,                # blocks in the compressor and in the decompressor
     ae_head_dim=64,              # attention heads of the compressor and decompressor are this wide
     max_len=128,                 # L, tokens decoded per sample
-    vocab_size=30522,            # BERT's vocabulary: the token head is d x 30522
+    vocab_size=30522,            # BERT's vocabulary: the token head is d x 30528 (padded to a multiple of 64)
     # training: the micro-batches of train_diff.py and train_ae.py
     train_batch_size=256,        # the denoiser's training micro-batch
     ae_batch_size=64,            # the autoencoder's training micro-batch
@@ -131,7 +130,7 @@ def main(cfg):
                        n_layers=cfg['ae_layers'], head_dim=cfg['ae_head_dim'], n_heads=d // cfg['ae_head_dim'],
                        kl_beta=0.0)
         ae = Autoencoder(ae_args).to(device).eval()                        # no TextEncoder: decoding stops at ids
-        decoder = compile(nn.Sequential(ae.decompressor, ae.token_head))  # what ae.decode runs before the tokenizer
+        decoder = compile(lambda z: ae.logits(ae.decompress(z)))  # what ae.decode runs before the tokenizer
 
         for sampler in samplers:  # schedule d = 5 and t_min = 1e-3 (train_diff.py's) do not change the cost
             @torch.no_grad()

@@ -1,6 +1,7 @@
 """
-The plumbing the two training scripts and sample.py share, written once: config overrides, distributed
-setup, the precision context, the learning-rate schedule, atomic checkpoints and the log line.
+The plumbing the two training scripts and sample.py share, written once: config overrides and value
+checks, distributed setup, the precision context, the learning-rate schedule, the output folder (lock,
+overwrite refusal, stale temp files), atomic checkpoints, stopping on a signal, and the log line.
 Nothing here knows about COSMOS; model.py, autoencoder.py and diffusion.py hold the method.
 
 Config, nanoGPT-style: each script starts with a flat dict of plain values. `configure` overrides it from
@@ -9,12 +10,17 @@ refuses, in one line, a key that is not in the dict or a value of the wrong type
 """
 import ast
 import datetime
+import fcntl
 import functools
+import glob
 import json
 import math
 import os
 import re
+import signal
+import socket
 import sys
+import time
 from contextlib import nullcontext
 
 import torch
@@ -72,12 +78,41 @@ def configure(config, argv, source=None):
                 scope = read_config_json(arg)
             else:
                 scope = {}
-                with open(arg) as f:
-                    exec(compile(f.read(), arg, 'exec'), scope)  # a config file is plain Python assignments
+                try:
+                    with open(arg) as f:
+                        exec(compile(f.read(), arg, 'exec'), scope)  # a config file is plain Python assignments
+                except SyntaxError as e:
+                    die(f"config file '{arg}' line {e.lineno}: {e.msg}")
+                except Exception as e:  # a NameError, an import that fails, ...: say which line of the file
+                    tb = e.__traceback__
+                    while tb.tb_next is not None:
+                        tb = tb.tb_next
+                    line = tb.tb_lineno if tb.tb_frame.f_code.co_filename == arg else '?'
+                    die(f"config file '{arg}' line {line}: {type(e).__name__}: {e}")
             for key, value in scope.items():
                 if not key.startswith('_') and not isinstance(value, type(sys)):
                     set_key(key, value, arg)
     return config
+
+
+def require(cfg, key, ok, rule):
+    """Die naming `key` unless ok(cfg[key]): values that parse but mean nothing (a batch of 0) end here."""
+    if not ok(cfg[key]):
+        die(f"{key}={cfg[key]!r} is not allowed: it must be {rule}")
+
+
+def at_least(cfg, minimum, *keys):
+    for key in keys:
+        require(cfg, key, lambda v: v >= minimum, f">= {minimum}")
+
+
+def in_unit(cfg, *keys, closed_right=False):
+    """Shares and probabilities: in [0, 1) (a share of 1 would drop everything), or [0, 1] if closed_right."""
+    for key in keys:
+        if closed_right:
+            require(cfg, key, lambda v: 0 <= v <= 1, "in [0, 1]")
+        else:
+            require(cfg, key, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def config_help(config, source):
@@ -153,6 +188,18 @@ def progress_on():
 # devices, precision, distributed
 
 
+def check_device(device):
+    """'auto', 'cpu', 'cuda' or 'cuda:N' that exists on this machine, else one line."""
+    if device not in ('auto', 'cpu', 'cuda') and not re.fullmatch(r'cuda:\d+', device):
+        die(f"device '{device}' is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if device.startswith('cuda'):
+        if not torch.cuda.is_available():
+            die(f"device '{device}' asked for, but torch sees no CUDA GPU here (torch {torch.__version__}); "
+                f"use --device=cpu")
+        if ':' in device and int(device.split(':')[1]) >= torch.cuda.device_count():
+            die(f"device '{device}' does not exist: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+
+
 def setup(device, seed, backend=None):
     """
     One plain process, or DDP when torchrun's environment says so (RANK is set). Returns a small dict
@@ -160,6 +207,7 @@ def setup(device, seed, backend=None):
     so that augmentations and noise differ between ranks while the model init (seeded before DDP
     broadcasts it anyway) is the same.
     """
+    check_device(device)
     ddp = int(os.environ.get('RANK', -1)) != -1
     rank, local_rank, world = 0, 0, 1
     if device == 'auto':
@@ -174,25 +222,62 @@ def setup(device, seed, backend=None):
         # rank's share of a latent cache (the default 10 minutes is far too short for a paper-scale corpus)
         dist.init_process_group(backend=backend or ('nccl' if device.startswith('cuda') else 'gloo'),
                                 timeout=datetime.timedelta(hours=6))
+    # a CPU (gloo) group for the stop flag: agreeing on it every step then needs no GPU sync
+    cpu_group = None
+    if ddp:
+        cpu_group = (dist.new_group(backend='gloo', timeout=datetime.timedelta(hours=6))
+                     if dist.get_backend() != 'gloo' else dist.group.WORLD)
     torch.manual_seed(seed + rank)
     device_type = 'cuda' if device.startswith('cuda') else 'cpu'
     if device_type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (optimizer, schedule) use tf32
         torch.backends.cudnn.allow_tf32 = True
     return dict(ddp=ddp, rank=rank, local_rank=local_rank, world_size=world, master=rank == 0,
-                device=device, device_type=device_type)
+                device=device, device_type=device_type, cpu_group=cpu_group)
 
 
 def teardown(env):
+    """The end of a run: signal handlers back as they were, the out_dir lock released, DDP closed."""
+    restore_signals()
+    release_out_dir()
     if env['ddp']:
         dist.destroy_process_group()
 
 
-def autocast(device_type, dtype):
-    """The one mixed-precision context: bf16 autocast on GPU, nothing on CPU (CPU runs stay fp32)."""
-    if device_type != 'cuda' or dtype == 'float32':
+DTYPES = ('bfloat16', 'float32')
+
+
+def autocast(device_type, dtype, cpu=False):
+    """
+    The one mixed-precision context: bf16 autocast on GPU, nothing on CPU (CPU runs stay fp32) unless
+    cpu=True asks for CPU bf16 autocast (the tests run the bf16 path so). float16 is refused: without a
+    GradScaler its small gradients underflow to zero silently, and bf16 needs no scaler.
+    """
+    if dtype not in DTYPES:
+        die(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}"
+            + (" (float16 would need a GradScaler; use bfloat16)" if dtype == 'float16' else ''))
+    if dtype == 'float32' or (device_type != 'cuda' and not cpu):
         return nullcontext()
-    return torch.autocast(device_type='cuda', dtype={'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype])
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+def to_device(x, env):
+    """A CPU batch onto the device: through pinned memory on CUDA, so that non_blocking really overlaps."""
+    if env['device_type'] != 'cuda':
+        return x.to(env['device'])
+    return x.pin_memory().to(env['device'], non_blocking=True)
+
+
+def global_mean(values, env):
+    """
+    The mean of each per-micro-step sum in `values` (a 1-D tensor, summed over `accum` micro-steps on this
+    rank) over the global batch: summed over ranks, divided by the micro-steps of all ranks. One small
+    all_reduce, called at log time only, so every rank logs and checks the same numbers.
+    """
+    values = values.detach().float().clone()
+    if env['ddp']:
+        dist.all_reduce(values)
+    return values / env['world_size']
 
 
 def grad_accum_steps(batch_size, micro_batch_size, world_size):
@@ -275,16 +360,41 @@ def restore_rng_states(states, env):
     set_rng_state(states[env['rank']] if env['rank'] < len(states) else states[0])
 
 
+# The layout of what a checkpoint holds. Raise it whenever that changes, so that an old file is refused in
+# one line instead of failing deep inside load_state_dict. 1 (no 'format' key): up to 2026-11-25;
+# 2: the token head padded to a multiple of 64 rows.
+CHECKPOINT_FORMAT = 2
+
+
 def save_checkpoint(obj, path):
-    """Write to a temporary file in the same folder and rename: a crash never leaves a half-written file."""
+    """
+    Write to a temporary file in the same folder, flush it to the disk, and rename: a crash never leaves a
+    half-written file, and a write that fails (disk full) removes its temporary file and stops in one line,
+    the previous checkpoint untouched.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(dict(obj, format=CHECKPOINT_FORMAT), f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes on the disk before the name points at them
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        kept = 'the previous one is kept' if os.path.exists(path) else 'there is no previous one'
+        die(f"could not write checkpoint '{path}' ({type(e).__name__}: {str(e).splitlines()[0][:150]}); {kept}")
+    # the rename itself is durable once the folder's entry is on the disk
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path, stage):
-    """Load a checkpoint and check that it comes from `stage` ('autoencoder' or 'diffusion')."""
+    """Load a checkpoint and check its format and that it comes from `stage` ('autoencoder' or 'diffusion')."""
     if not os.path.isfile(path):
         die(f"checkpoint '{path}' not found")
     try:
@@ -294,6 +404,10 @@ def load_checkpoint(path, stage):
     if not isinstance(ckpt, dict) or ckpt.get('stage') != stage:
         got = ckpt.get('stage') if isinstance(ckpt, dict) else type(ckpt).__name__
         die(f"checkpoint '{path}' is from stage '{got}', expected a '{stage}' checkpoint")
+    version = ckpt.get('format', 1)
+    if version != CHECKPOINT_FORMAT:
+        die(f"checkpoint '{path}' has format {version}, this code reads format {CHECKPOINT_FORMAT} "
+            f"({'older: retrain it, or use the commit that wrote it' if version < CHECKPOINT_FORMAT else 'newer: update this code'})")
     return ckpt
 
 
@@ -324,6 +438,123 @@ def keep_copy(path, step, keep_every):
 
 
 # -----------------------------------------------------------------------------
+# the output folder: one run at a time, nothing trained overwritten, no stale temporary files
+
+_held = {}  # realpath of out_dir -> the open .lock file this process holds
+
+
+def claim_out_dir(out_dir, env, init_from='scratch', overwrite=False):
+    """
+    Make out_dir ready for a run before any work: a folder we can write; an exclusive lock (out_dir/.lock,
+    fcntl.flock, released by the kernel when the process dies) so that a second run there stops in one
+    line naming the holder; stale temporary checkpoints of killed runs removed; and a fresh run
+    (init_from other than 'resume') refused if out_dir/ckpt.pt exists, unless overwrite=True. Only the
+    master rank locks and cleans; every rank checks.
+    """
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        die(f"out_dir '{out_dir}' is a file, not a folder")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        die(f"out_dir '{out_dir}' cannot be created ({e.strerror})")
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        die(f"out_dir '{out_dir}' is not writable")
+    ckpt = os.path.join(out_dir, 'ckpt.pt')
+    if init_from != 'resume' and os.path.exists(ckpt) and not overwrite:
+        die(f"'{ckpt}' already exists; a new run (init_from='{init_from}') would overwrite it: resume it with "
+            f"--init_from=resume, choose another --out_dir, or pass --overwrite=True")
+    if not env['master']:
+        return
+    key = os.path.realpath(out_dir)
+    if key not in _held:  # re-entrant within one process (the tests run several mains in one)
+        path = os.path.join(out_dir, '.lock')
+        try:
+            f = open(path, 'a+')
+        except OSError as e:
+            die(f"out_dir '{out_dir}' is not writable ({e.strerror})")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or 'another process'
+            f.close()
+            die(f"out_dir '{out_dir}' is in use by {holder}; wait for it, stop it, or choose another --out_dir")
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        _held[key] = f
+    for tmp in glob.glob(os.path.join(glob.escape(out_dir), '*.tmp.*')):  # we hold the lock: nobody writes them
+        os.remove(tmp)
+
+
+def release_out_dir():
+    for f in _held.values():
+        f.close()  # closing the file releases the flock
+    _held.clear()
+
+
+def check_writable_file(path, what):
+    """An output file we are about to write: its folder exists and is writable, and it is not a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        die(f"{what} '{path}' is a folder, not a file")
+    if not os.path.isdir(folder):
+        die(f"{what} '{path}': folder '{folder}' does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        die(f"{what} '{path}' is not writable")
+
+
+# -----------------------------------------------------------------------------
+# stopping on a signal: SIGINT (Ctrl-C) and SIGTERM (schedulers, kill) finish the optimizer step, save, exit
+
+_signal = dict(received=0, previous={})
+
+
+def install_signals():
+    """
+    The first SIGINT or SIGTERM only sets a flag: the loop finishes the current optimizer step, saves a
+    checkpoint and exits (stop_requested). A second one exits at once, leaving the last checkpoint as it is.
+    """
+    def handler(signum, frame):
+        if _signal['received']:
+            print(f"error: second {signal.Signals(signum).name}: exiting now, without a checkpoint",
+                  file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        _signal['received'] = signum
+    _signal['received'] = 0
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        _signal['previous'][sig] = signal.signal(sig, handler)
+
+
+def restore_signals():
+    for sig, previous in _signal['previous'].items():
+        signal.signal(sig, previous)
+    _signal['previous'].clear()
+
+
+def stop_requested(env):
+    """
+    The signal number if any rank got SIGINT/SIGTERM, else 0. Under DDP the ranks agree (all_reduce of the
+    flag, every step, on a CPU group) so that they all stop after the same optimizer step.
+    """
+    flag = _signal['received']
+    if env['ddp']:
+        t = torch.tensor([flag], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=env['cpu_group'])
+        flag = int(t.item())
+    return flag
+
+
+def stop(signum, step, ckpt_path, env, log):
+    """After the checkpoint of a stop: one line, and the exit status a signal death would give."""
+    log(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint '{ckpt_path}' saved, "
+        f"continue with --init_from=resume")
+    teardown(env)
+    raise SystemExit(128 + signum)
+
+
+# -----------------------------------------------------------------------------
 # logging
 
 
@@ -341,8 +572,11 @@ class Logger:
             f.write(msg + '\n')
 
 
-def check_finite(value, what, step):
+def check_finite(value, what, step, master=True):
+    """Stop on a NaN/inf. Under DDP `value` is the same on every rank, so all stop together; one speaks."""
     if not math.isfinite(value):
+        if not master:
+            raise SystemExit(1)
         die(f"{what} is {value} at step {step}; stopping before it reaches a checkpoint "
             f"(lower lr, check the data, or resume from the last checkpoint)")
 

@@ -50,7 +50,7 @@ def as_seen(ae, texts):
 
 @torch.no_grad()
 def diag_reconstruction(ae, texts, batch_size=64, quality=None, quality_name='none'):
-    """Fig. 2's quantity: token accuracy of argmax(token_head(decompress(encode(w)))) against the tokenized w
+    """Fig. 2's quantity: token accuracy of argmax(logits(decompress(encode(w)))) against the tokenized w
     over real tokens ([CLS] ... [SEP]), the exact-match rate (every real token right), and accuracy by position.
     With `quality` (texts -> number), also the quality of the reconstructed texts: the ceiling of what a
     generator decoded by this autoencoder can reach (on the story corpus, the share of valid stories)."""
@@ -59,7 +59,7 @@ def diag_reconstruction(ae, texts, batch_size=64, quality=None, quality_name='no
     for i in range(0, len(texts), batch_size):
         ids, mask, _ = ae.encoder.tokenize(list(texts[i:i + batch_size]), ae.args['max_len'])
         z = ae.encode(ids=ids, mask=mask)
-        ids_hat = ae.token_head(ae.decompress(z)).argmax(-1).cpu()
+        ids_hat = ae.logits(ae.decompress(z)).argmax(-1).cpu()
         decoded += ae.encoder.decode(ids_hat) if quality else []
         hit = (ids_hat == ids) & mask
         hits, real = hits + hit.sum().item(), real + mask.sum().item()

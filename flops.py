@@ -58,10 +58,13 @@ def resampler_flops(n_queries, n_inputs, dim, n_layers, batch):
 
 def ae_train_flops(args, batch):
     """Compressor (N over L) + decompressor (L over N) + token head, x3 for forward + backward (the backward
-    computes gradients of activations and of weights: 2x forward). The frozen encoder is not counted."""
+    computes gradients of activations and of weights: 2x forward). The frozen encoder is not counted. The
+    token head is the vocabulary rounded up to a multiple of 64 wide (autoencoder.padded_vocab; BERT: 30528),
+    and that is the matmul that runs."""
     d, L, N, layers = args['dim'], args['max_len'], args['n_latents'], args['n_layers']
+    head = -(-args['vocab_size'] // 64) * 64
     return 3 * (resampler_flops(N, L, d, layers, batch) + resampler_flops(L, N, d, layers, batch)
-                + 2 * batch * L * d * args['vocab_size'])
+                + 2 * batch * L * d * head)
 
 
 def diffusion_train_flops(args, batch, self_cond_prob):

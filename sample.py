@@ -251,14 +251,23 @@ def long_text(denoiser, ae, ckpt, cfg, env, ctx):
           f"{time.time() - t0:.1f}s on {env['device']}", file=sys.stderr)
 
 
+def check_config(cfg):
+    """Every value checked, and the output file's folder, before anything is loaded or generated."""
+    common.at_least(cfg, 1, 'num_samples', 'num_seeds', 'steps', 'batch_size')  # steps=0: the mean latent
+    common.at_least(cfg, 1, 'n_blocks', 'prompt_blocks')
+    common.require(cfg, 'guidance', lambda v: v >= 0, ">= 0 (1 = plain conditional)")
+    if cfg['sampler'] not in SAMPLERS:
+        common.die(f"sampler must be one of {', '.join(SAMPLERS)}, not '{cfg['sampler']}'")
+    common.autocast('cpu', cfg['dtype'])  # refuses a dtype it does not know
+    if cfg['out']:
+        common.check_writable_file(cfg['out'], 'out')
+
+
 def main(cfg):
+    check_config(cfg)
     env = common.setup(cfg['device'], cfg['seed'])
     if cfg['roundtrip']:
         return roundtrip(cfg, env)
-    if cfg['sampler'] not in SAMPLERS:
-        common.die(f"sampler must be one of {', '.join(SAMPLERS)}, not '{cfg['sampler']}'")
-    if cfg['num_seeds'] < 1 or cfg['num_samples'] < 1 or cfg['batch_size'] < 1:
-        common.die("num_seeds, num_samples and batch_size must be at least 1")
     denoiser, ae, ckpt = load_pipeline(cfg['ckpt'], cfg['ae_ckpt'], env['device'], cfg['use_ema'])
     d = ckpt['diffusion_args']
     ctx = common.autocast(env['device_type'], cfg['dtype'])

@@ -6,6 +6,10 @@ Train the COSMOS autoencoder: frozen encoder -> compressor -> z -> decompressor 
     torchrun --standalone --nproc_per_node=8 train_ae.py config/ae_wiki_n16.py  # eight GPUs, DDP
     python train_ae.py config/tiny_ae.py --init_from=resume                     # resume exactly
 
+Ctrl-C or SIGTERM finishes the optimizer step, saves out_dir/ckpt.pt and exits (a second signal exits at
+once). A new run refuses an out_dir that holds a ckpt.pt unless --overwrite=True; one run at a time holds
+an out_dir (out_dir/.lock).
+
 Any config value below can be overridden by a config file and --key=value flags (common.configure).
 The checkpoint out_dir/ckpt.pt holds the trained parts, the encoder statistics, and the latent
 statistics mu_z, sigma_z computed on held-out text at every evaluation: train_diff.py reads them.
@@ -27,6 +31,7 @@ config = dict(
     # I/O
     out_dir='out/ae',            # checkpoint and log.txt go here
     init_from='scratch',         # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    overwrite=False,             # let a 'scratch' run replace an existing out_dir/ckpt.pt
     eval_interval=2000,          # evaluate, refresh the latent statistics and save every this many steps
     eval_size=1024,              # held-out rows used for eval loss/accuracy and for mu_z, sigma_z
     log_interval=50,             # one log line every this many steps
@@ -67,12 +72,31 @@ config = dict(
     grad_clip=1.0,               # clip the global gradient norm to this
     # system
     device='auto',               # 'auto', 'cpu', 'cuda', 'cuda:1', ...
-    dtype='bfloat16',            # autocast dtype on GPU ('float32' turns it off); CPU always runs fp32
+    dtype='bfloat16',            # autocast dtype on GPU: 'bfloat16' or 'float32' (off); CPU always runs fp32
     compile=True,                # torch.compile the autoencoder (the frozen encoder stays eager)
     seed=1337,                   # seeds the init, the data order and the augmentations (+ rank)
 )
 
 MODEL_KEYS = ('encoder', 'max_len', 'n_latents', 'n_layers', 'head_dim', 'kl_beta')
+
+
+def check_config(cfg):
+    """Values that parse but mean nothing end here, in one line, before anything is built or written."""
+    common.at_least(cfg, 1, 'eval_interval', 'eval_size', 'log_interval', 'val_size', 'n_stories', 'stats_size',
+                    'n_latents', 'n_layers', 'head_dim', 'batch_size', 'micro_batch_size')
+    common.at_least(cfg, 0, 'max_steps', 'warmup', 'mse_weight', 'kl_beta')
+    # [CLS] + at least one token + [SEP]: with L < 3 there is nothing to reconstruct (L = 1 scored 1.0)
+    common.require(cfg, 'max_len', lambda v: v >= 3, ">= 3 ([CLS], a token, [SEP])")
+    # more latents than tokens would make the compressor an expander: not an autoencoder of the paper
+    common.require(cfg, 'n_latents', lambda v: v <= cfg['max_len'], f"<= max_len={cfg['max_len']}")
+    common.require(cfg, 'lr', lambda v: v > 0, "> 0")
+    common.require(cfg, 'grad_clip', lambda v: v > 0, "> 0")
+    common.in_unit(cfg, 'act_mask', 'latent_dropout', 'weight_decay')
+    common.require(cfg, 'act_delta', lambda v: 0 < v <= 1, "in (0, 1] (1 = no noising)")
+    common.in_unit(cfg, 'beta1', 'beta2')
+    if cfg['init_from'] not in ('scratch', 'resume'):
+        common.die(f"init_from must be 'scratch' or 'resume', not '{cfg['init_from']}'")
+    common.autocast('cpu', cfg['dtype'])  # refuses a dtype it does not know
 
 
 @torch.no_grad()
@@ -88,7 +112,7 @@ def evaluate(model, encoder, val_rows, cfg, ctx):
             h = encoder(ids, mask)
             loss, stats = model(h, ids, mask, mse_weight=cfg['mse_weight'])
             z = model.compress(model.normalize_h(h), mask)
-            ids_hat = model.token_head(model.decompress(z)).argmax(-1)
+            ids_hat = model.logits(model.decompress(z)).argmax(-1)
         exact += ((ids_hat == ids) | ~mask).all(1).sum().item()  # every real token right
         zs.append(z.float().cpu())
         for k, v in dict(loss=loss, **stats).items():
@@ -100,9 +124,10 @@ def evaluate(model, encoder, val_rows, cfg, ctx):
 
 
 def main(cfg):
+    check_config(cfg)
     env = common.setup(cfg['device'], cfg['seed'])
     device, master = env['device'], env['master']
-    os.makedirs(cfg['out_dir'], exist_ok=True)
+    common.claim_out_dir(cfg['out_dir'], env, cfg['init_from'], cfg['overwrite'])
     log = common.Logger(cfg['out_dir'], master)
     track = common.start_run(cfg, master)  # config.json, the optional tracker
     ctx = common.autocast(env['device_type'], cfg['dtype'])
@@ -125,13 +150,13 @@ def main(cfg):
                 common.die(f"--{k}={args[k]!r} differs from the checkpoint's {ckpt['model_args'][k]!r}; "
                            f"a resumed run keeps the model it started with")
         args, step = ckpt['model_args'], ckpt['step']
-    elif cfg['init_from'] != 'scratch':
-        common.die(f"init_from must be 'scratch' or 'resume', not '{cfg['init_from']}'")
 
     # data: prepared rows of L token ids, read by index from memory maps (corpus.py); no tokenizer here
     data = open_data(cfg, encoder.tokenizer, resolve_encoder(cfg['encoder']), cfg['encoder'], args['max_len'],
                      env, log)
     train_rows, val_rows = data.train, data.val
+    if cfg['batch_size'] > len(train_rows):
+        common.die(f"batch_size={cfg['batch_size']} is larger than the {len(train_rows)} training rows")
 
     raw = Autoencoder(args, encoder).to(device)
     optimizer = common.make_optimizer(raw, cfg['lr'], (cfg['beta1'], cfg['beta2']), cfg['weight_decay'])
@@ -159,17 +184,28 @@ def main(cfg):
     if env['ddp']:
         model = DDP(model, device_ids=[env['local_rank']] if env['device_type'] == 'cuda' else None)
     recipe = {k: cfg[k] for k in ('act_mask', 'act_delta', 'latent_dropout', 'mse_weight')}
+    ev = ckpt['val'] if ckpt is not None else None
 
+    def save():
+        rng = common.gather_rng_states(env)  # a collective: every rank calls it
+        if master:
+            common.save_checkpoint(dict(stage='autoencoder', model_args=args, model=raw.state_dict(),
+                                        optimizer=optimizer.state_dict(), step=step, config=cfg,
+                                        rng=rng, val=ev, data_dir=data.folder, data=data.meta),
+                                   ckpt_path)
+
+    common.install_signals()
     t0, t_data = time.time(), 0.0  # t_data: time spent fetching rows (the share of a step that waits for data)
     while step < cfg['max_steps']:
         for group in optimizer.param_groups:
             group['lr'] = common.lr_at(step, cfg['lr'], cfg['warmup'])
+        sums = torch.zeros(5, device=device)  # loss, ce, mse, acc summed over this step's micro-batches
         for micro in range(accum):
             idx = common.batch_indices(step, micro, env['rank'], cfg['micro_batch_size'], accum,
                                        env['world_size'], len(train_rows), cfg['seed'])
             t_fetch = time.time()
             ids, mask = train_rows.batch(idx.numpy())
-            ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+            ids, mask = common.to_device(ids, env), common.to_device(mask, env)
             t_data += time.time() - t_fetch
             # DDP: gradients are averaged across processes only on the last micro-step; syncing on
             # every micro-step would repeat the all-reduce `accum` times for the same result
@@ -179,37 +215,44 @@ def main(cfg):
                 loss, stats = model(h, ids, mask, **recipe)
                 # the sum of accum micro-losses / accum = the mean over the global batch
                 (loss / accum).backward()
+            sums += torch.stack([loss.detach(), stats['ce'], stats['mse'], stats['acc'],
+                                 torch.ones((), device=device)]).float()
         grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg['grad_clip'])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
         if step % cfg['log_interval'] == 0 or step == cfg['max_steps']:
-            loss_v = loss.item()  # the one host sync per interval
-            common.check_finite(loss_v, 'training loss', step)
+            # the mean over every micro-batch of every rank (the global batch), not rank 0's last one;
+            # the same numbers on every rank, so a NaN stops them all at this step
+            loss_v, ce, mse, acc = (common.global_mean(sums, env) / sums[4]).tolist()[:4]  # one host sync
+            common.check_finite(loss_v, 'training loss', step, master)
             dt = (time.time() - t0) / cfg['log_interval']
             data_share, t0, t_data = t_data / (dt * cfg['log_interval']), time.time(), 0.0
             tok_s = cfg['batch_size'] * args['max_len'] / dt
-            log(f"step {step:>7} | loss {loss_v:.4f} | ce {stats['ce'].item():.4f} | mse {stats['mse'].item():.4f}"
-                f" | acc {stats['acc'].item():.4f} | lr {optimizer.param_groups[0]['lr']:.2e}"
+            log(f"step {step:>7} | loss {loss_v:.4f} | ce {ce:.4f} | mse {mse:.4f}"
+                f" | acc {acc:.4f} | lr {optimizer.param_groups[0]['lr']:.2e}"
                 f" | grad {grad_norm.item():.3f} | {dt * 1000:.0f} ms/step | {tok_s:,.0f} tok/s | data {data_share:.1%}"
                 + flops.mfu_fields(flops.ae_train_flops(args, cfg['batch_size']), dt, peak, env['world_size']))
             track(dict(loss=loss_v, lr=optimizer.param_groups[0]['lr'], grad_norm=grad_norm.item(),
                        ms_per_step=dt * 1000), step)
+        saved = False
         if step % cfg['eval_interval'] == 0 or step == cfg['max_steps']:
             ev = evaluate(raw, encoder, val_rows, cfg, ctx)
-            common.check_finite(ev['loss'], 'validation loss', step)
+            common.check_finite(ev['loss'], 'validation loss', step, master)
             log(f"eval {step:>7} | val loss {ev['loss']:.4f} | ce {ev['ce']:.4f} | mse {ev['mse']:.4f}"
                 f" | token acc {ev['acc']:.4f} | exact {ev['exact']:.4f}")
-            rng = common.gather_rng_states(env)  # a collective: every rank calls it
+            save()
+            saved = True
             if master:
-                common.save_checkpoint(dict(stage='autoencoder', model_args=args, model=raw.state_dict(),
-                                            optimizer=optimizer.state_dict(), step=step, config=cfg,
-                                            rng=rng, val=ev, data_dir=data.folder, data=data.meta),
-                                       ckpt_path)
                 common.keep_copy(ckpt_path, step, cfg['keep_every'])
             track(dict(val_loss=ev['loss'], val_token_acc=ev['acc'], val_exact=ev['exact']), step)
             t0, t_data = time.time(), 0.0
+        signum = common.stop_requested(env)  # every rank, every step: they agree on the step to stop at
+        if signum:
+            if not saved:
+                save()
+            common.stop(signum, step, ckpt_path, env, log)
     common.teardown(env)
     return raw
 

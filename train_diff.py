@@ -9,6 +9,9 @@ autoencoder (train_ae.py).
     python train_diff.py config/tiny_cond.py                                        # source -> target pairs
     python train_diff.py config/tiny_long.py                                        # long text, block by block
 
+Ctrl-C or SIGTERM finishes the optimizer step, saves out_dir/ckpt.pt and exits (a second signal exits at
+once); a new run refuses an out_dir that holds a ckpt.pt unless --overwrite=True.
+
 Conditional generation (paper Sec. 7, task='conditional'): the data are source/target pairs; the source
 goes through the same frozen encoder and compressor (up to src_max_len tokens), its normalised latent
 through a trainable source encoder, and every denoiser block cross-attends to it. A share cond_drop of
@@ -31,6 +34,7 @@ the autoencoder is frozen here, so re-encoding every step would only repeat the 
 encodes its own share of the rows. The checkpoint records where the autoencoder is and its fingerprint, so
 that sample.py decodes with the right one.
 """
+import copy
 import json
 import os
 import sys
@@ -53,6 +57,7 @@ config = dict(
     # I/O
     out_dir='out/diff',          # checkpoint, latent cache and log.txt go here
     init_from='scratch',         # 'scratch', 'resume' (from out_dir/ckpt.pt), 'pretrained' (pretrained_ckpt)
+    overwrite=False,             # let a 'scratch'/'pretrained' run replace an existing out_dir/ckpt.pt
     pretrained_ckpt='',          # an unconditional diffusion checkpoint to start a conditional model from
     ae_ckpt='out/ae/ckpt.pt',    # the trained autoencoder
     eval_interval=5000,          # evaluate, print a few samples and save every this many steps
@@ -104,6 +109,27 @@ config = dict(
     compile=True,                # torch.compile the denoiser (off on CPU in the tiny configs)
     seed=1337,                   # seeds the init, the data order and the noise (+ rank)
 )
+
+
+def check_config(cfg):
+    """Values that parse but mean nothing end here, in one line, before anything is built or written."""
+    common.at_least(cfg, 1, 'eval_interval', 'eval_size', 'log_interval', 'val_size', 'n_stories', 'batch_size',
+                    'micro_batch_size', 'sample_steps', 'cond_layers', 'n_blocks')
+    common.at_least(cfg, 0, 'max_steps', 'warmup', 'eval_samples')
+    common.require(cfg, 'src_max_len', lambda v: v >= 3, ">= 3 ([CLS], a token, [SEP])")
+    common.require(cfg, 'schedule_d', lambda v: v > 0, "> 0")
+    common.require(cfg, 't_min', lambda v: 0 < v < 1, "in (0, 1)")
+    common.require(cfg, 'lr', lambda v: v > 0, "> 0")
+    common.require(cfg, 'grad_clip', lambda v: v > 0, "> 0")
+    common.in_unit(cfg, 'self_cond_prob', closed_right=True)
+    common.in_unit(cfg, 'cond_drop', 'ema_decay', 'weight_decay', 'beta1', 'beta2')
+    if cfg['size'] not in DENOISER_SIZES:
+        common.die(f"size '{cfg['size']}' is not one of {', '.join(DENOISER_SIZES)}")
+    if cfg['task'] not in ('unconditional', 'conditional', 'blocks'):
+        common.die(f"task must be 'unconditional', 'conditional' or 'blocks', not '{cfg['task']}'")
+    if cfg['init_from'] not in ('scratch', 'resume', 'pretrained'):
+        common.die(f"init_from must be 'scratch', 'resume' or 'pretrained', not '{cfg['init_from']}'")
+    common.autocast('cpu', cfg['dtype'])  # refuses a dtype it does not know
 
 
 @torch.no_grad()
@@ -272,9 +298,10 @@ def evaluate_blocks(ema, windows, marker, ae, cfg, g, device, ctx, step):
 
 
 def main(cfg):
+    check_config(cfg)
     env = common.setup(cfg['device'], cfg['seed'])
     device, master = env['device'], env['master']
-    os.makedirs(cfg['out_dir'], exist_ok=True)
+    common.claim_out_dir(cfg['out_dir'], env, cfg['init_from'], cfg['overwrite'])
     log = common.Logger(cfg['out_dir'], master)
     track = common.start_run(cfg, master)  # config.json, the optional tracker
     ctx = common.autocast(env['device_type'], cfg['dtype'])
@@ -327,9 +354,11 @@ def main(cfg):
             f"{len(data.docs('val')) - 1:,} documents")
         n_train = len(train_windows)  # what the batch indices draw from
 
+    if cfg['batch_size'] > n_train:
+        common.die(f"batch_size={cfg['batch_size']} is larger than the {n_train:,} training "
+                   f"{'windows' if blocks else 'rows'}")
+
     # the denoiser, from the config or (resume) from what the checkpoint says
-    if cfg['size'] not in DENOISER_SIZES:
-        common.die(f"size '{cfg['size']}' is not one of {', '.join(DENOISER_SIZES)}")
     args = dict(latent_dim=ae.args['dim'], n_latents=ae.args['n_latents'], **DENOISER_SIZES[cfg['size']],
                 cond_layers=cfg['cond_layers'] if conditional else 0,
                 n_cond_latents=ae.args['n_latents'] if conditional else 0)
@@ -347,17 +376,12 @@ def main(cfg):
         if ckpt['model_args'] != args:
             common.die(f"the config's denoiser {args} differs from the checkpoint's {ckpt['model_args']}")
         step = ckpt['step']
-    elif cfg['init_from'] not in ('scratch', 'pretrained'):
-        common.die(f"init_from must be 'scratch', 'resume' or 'pretrained', not '{cfg['init_from']}'")
     raw = Model(**args).to(device)
     if cfg['init_from'] == 'pretrained':
         load_pretrained(raw, cfg['pretrained_ckpt'], ae_info['fingerprint'], log)
-    ema = Model(**args).to(device).requires_grad_(False)
-    ema.load_state_dict(raw.state_dict())
     optimizer = common.make_optimizer(raw, cfg['lr'], (cfg['beta1'], cfg['beta2']), cfg['weight_decay'])
     if ckpt is not None:
         common.load_state(raw, ckpt['model'], ckpt_path)
-        common.load_state(ema, ckpt['ema'], ckpt_path)
         optimizer.load_state_dict(ckpt['optimizer'])
         common.restore_rng_states(ckpt['rng'], env)
         log(f"resumed from {ckpt_path} at step {step}")
@@ -370,21 +394,39 @@ def main(cfg):
     model = torch.compile(raw) if cfg['compile'] else raw
     if env['ddp']:
         model = DDP(model, device_ids=[env['local_rank']] if env['device_type'] == 'cuda' else None)
+    # the EMA copy is taken after DDP has broadcast rank 0's weights into `raw`, so that every rank's EMA
+    # starts from the same weights (taken before, each rank's would start from its own initialisation)
+    # (a copy, not a new Denoiser: building one would draw from the RNG after a resume restored it)
+    ema = copy.deepcopy(raw).requires_grad_(False)
+    if ckpt is not None:
+        common.load_state(ema, ckpt['ema'], ckpt_path)
 
     def batch(idx):
         """(z0, source latent or None) of a micro-batch: from the cache, or encoded on the fly."""
         if blocks:
-            return train_windows[idx.numpy()].to(device, non_blocking=True), None  # (B, K, N, d)
+            return common.to_device(train_windows[idx.numpy()], env), None  # (B, K, N, d)
         idx = idx.numpy()
         if train_z is not None:
-            z0 = from_cache(train_z, idx).to(device, non_blocking=True)
-            return z0, (from_cache(train_src, idx).to(device, non_blocking=True) if conditional else None)
+            z0 = common.to_device(from_cache(train_z, idx), env)
+            return z0, (common.to_device(from_cache(train_src, idx), env) if conditional else None)
         return encode_rows(ae, data.train, idx, ctx), (encode_rows(ae, data.train_src, idx, ctx) if conditional else None)
 
+    val_loss = ckpt['val_loss'] if ckpt is not None else None
+
+    def save():
+        rng = common.gather_rng_states(env)  # a collective: every rank calls it
+        if master:
+            common.save_checkpoint(dict(stage='diffusion', model_args=args, diffusion_args=diff_args,
+                                        model=raw.state_dict(), ema=ema.state_dict(),
+                                        optimizer=optimizer.state_dict(), step=step, config=cfg, rng=rng,
+                                        autoencoder=ae_info, val_loss=val_loss, data_dir=data.folder), ckpt_path)
+
+    common.install_signals()
     t0 = time.time()
     while step < cfg['max_steps']:
         for group in optimizer.param_groups:
             group['lr'] = common.lr_at(step, cfg['lr'], cfg['warmup'])
+        loss_sum = torch.zeros(1, device=device)  # this rank's micro-batch losses of this step
         for micro in range(accum):
             idx = common.batch_indices(step, micro, env['rank'], cfg['micro_batch_size'], accum,
                                        env['world_size'], n_train, cfg['seed'])
@@ -398,6 +440,7 @@ def main(cfg):
                     loss = diffusion_loss(model, z0, cfg['schedule_d'], cfg['t_min'], cfg['self_cond_prob'],
                                           src, cfg['cond_drop'])
                 (loss / accum).backward()
+            loss_sum += loss.detach().float()
         grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg['grad_clip'])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -405,8 +448,9 @@ def main(cfg):
         step += 1
 
         if step % cfg['log_interval'] == 0 or step == cfg['max_steps']:
-            loss_v = loss.item()
-            common.check_finite(loss_v, 'training loss', step)
+            # the mean over every micro-batch of every rank (the global batch), the same on every rank
+            loss_v = (common.global_mean(loss_sum, env) / accum).item()
+            common.check_finite(loss_v, 'training loss', step, master)
             dt = (time.time() - t0) / cfg['log_interval']
             t0 = time.time()
             log(f"step {step:>7} | loss {loss_v:.4f} | lr {optimizer.param_groups[0]['lr']:.2e} | grad "
@@ -414,6 +458,7 @@ def main(cfg):
                 + flops.mfu_fields(step_flops, dt, peak, env['world_size']))
             track(dict(loss=loss_v, lr=optimizer.param_groups[0]['lr'], grad_norm=grad_norm.item(),
                        ms_per_step=dt * 1000), step)
+        saved = False
         if step % cfg['eval_interval'] == 0 or step == cfg['max_steps']:
             # a fixed generator: every evaluation scores the same t and noise, and the training RNG
             # stream is left untouched (so that a resumed run continues exactly)
@@ -432,7 +477,7 @@ def main(cfg):
                         x0 = ema(q_sample(z0, t, eps, cfg['schedule_d']), t, torch.zeros_like(z0), src)
                         losses.append(((x0.float() - z0) ** 2).mean().item() * len(z0))
                 val_loss = sum(losses) / len(val_z)
-                common.check_finite(val_loss, 'validation loss', step)
+                common.check_finite(val_loss, 'validation loss', step, master)
                 n_gen = min(cfg['eval_samples'], len(val_z))
                 texts, _ = generate(ema, ae, n_gen, cfg['sample_steps'], cfg['schedule_d'], cfg['t_min'], seed=0,
                                     device=device, autocast=ctx, cond=val_src[:n_gen] if conditional else None)
@@ -443,15 +488,17 @@ def main(cfg):
                     extra = f" | exact match {exact:.3f} on {n_gen} held-out sources"
                 log(f"eval {step:>7} | val loss (EMA, no self-cond) {val_loss:.4f}{extra} | samples: "
                     + ' | '.join(texts[:4]))
-            rng = common.gather_rng_states(env)  # a collective: every rank calls it
+            save()
+            saved = True
             if master:
-                common.save_checkpoint(dict(stage='diffusion', model_args=args, diffusion_args=diff_args,
-                                            model=raw.state_dict(), ema=ema.state_dict(),
-                                            optimizer=optimizer.state_dict(), step=step, config=cfg, rng=rng,
-                                            autoencoder=ae_info, val_loss=val_loss, data_dir=data.folder), ckpt_path)
                 common.keep_copy(ckpt_path, step, cfg['keep_every'])
             track(dict(val_loss=val_loss), step)
             t0 = time.time()
+        signum = common.stop_requested(env)  # every rank, every step: they agree on the step to stop at
+        if signum:
+            if not saved:
+                save()
+            common.stop(signum, step, ckpt_path, env, log)
     common.teardown(env)
     return raw, ema
 

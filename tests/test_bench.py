@@ -81,7 +81,7 @@ def test_flop_formulas_at_the_paper_sizes():
                        kl_beta=0.0)
         ae, h, mask = Autoencoder(ae_args), torch.randn(B, L, d), torch.ones(B, L, dtype=torch.bool)
         with FlopCounterMode(display=False) as counter:
-            ae.token_head(ae.decompress(ae.compress(h, mask)))
+            ae.logits(ae.decompress(ae.compress(h, mask)))
         assert 3 * counter.get_total_flops() == flops.ae_train_flops(ae_args, B)
 
 
