@@ -111,6 +111,13 @@ def test_ddp_two_processes_match_one(tiny_encoder_path, tmp_path):
     assert len(b['rng']) == 2  # each rank's RNG state is saved
     for k, v in a['model'].items():
         torch.testing.assert_close(b['model'][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    # the logged numbers are the global batch's (mean over micro-steps and ranks), not rank 0's last
+    # micro-batch: the same in both runs up to the last printed digit
+    logged = lambda d: [tuple(map(float, re.findall(r'(?:loss|ce|mse|acc) ([\d.]+)', l)))
+                        for l in open(d / 'log.txt') if l.startswith('step')]
+    one_log, two_log = logged(tmp_path / 'one'), logged(tmp_path / 'two')
+    assert len(one_log) == 3 and all(len(x) == 4 for x in one_log)
+    torch.testing.assert_close(torch.tensor(two_log), torch.tensor(one_log), rtol=0, atol=1.5e-4)
 
 
 def test_ddp_diffusion_runs(tiny_ae, tmp_path):
