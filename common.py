@@ -484,7 +484,7 @@ def claim_out_dir(out_dir, env, init_from='scratch', overwrite=False):
         f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         f.flush()
         _held[key] = f
-    for tmp in glob.glob(os.path.join(glob.escape(out_dir), '*.tmp.*')):  # we hold the lock: nobody writes them
+    for tmp in glob.glob(os.path.join(glob.escape(out_dir), '*.pt.tmp.*')):  # we hold the lock: nobody writes them
         os.remove(tmp)
 
 
@@ -514,14 +514,16 @@ _signal = dict(received=0, previous={})
 def install_signals():
     """
     The first SIGINT or SIGTERM only sets a flag: the loop finishes the current optimizer step, saves a
-    checkpoint and exits (stop_requested). A second one exits at once, leaving the last checkpoint as it is.
+    checkpoint and exits (stop_requested). A second one of the same kind exits at once, leaving the last
+    checkpoint as it is. One of the other kind is the same request: on Ctrl-C under torchrun a worker gets
+    SIGINT from the terminal and SIGTERM from torchrun, and must still save.
     """
     def handler(signum, frame):
-        if _signal['received']:
+        if _signal['received'] == signum:
             print(f"error: second {signal.Signals(signum).name}: exiting now, without a checkpoint",
                   file=sys.stderr, flush=True)
             os._exit(128 + signum)
-        _signal['received'] = signum
+        _signal['received'] = _signal['received'] or signum
     _signal['received'] = 0
     for sig in (signal.SIGINT, signal.SIGTERM):
         _signal['previous'][sig] = signal.signal(sig, handler)

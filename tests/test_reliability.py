@@ -231,6 +231,8 @@ import common
 common.install_signals()
 os.kill(os.getpid(), signal.SIGINT)
 assert common.stop_requested(dict(ddp=False)) == signal.SIGINT
+os.kill(os.getpid(), signal.SIGTERM)  # torchrun forwards Ctrl-C as SIGTERM: the same request, not a second
+assert common.stop_requested(dict(ddp=False)) == signal.SIGINT
 print('first one only flagged', flush=True)
 os.kill(os.getpid(), signal.SIGINT)
 time.sleep(30)
@@ -293,3 +295,18 @@ def test_padded_token_head_gives_unpadded_outputs(tiny_ae_args):
     ae.train()
     ae(h, ids, mask)[0].backward()
     assert ae.token_head.weight.grad[V:].abs().sum() == 0 and ae.token_head.weight.grad[:V].abs().sum() > 0
+
+
+def test_truncated_latent_cache_is_rebuilt(tiny_encoder_path, tmp_path):
+    train_ae.main(ae_cfg(tiny_encoder_path, tmp_path / 'ae'))
+    cfg = dict(train_diff.config, data='stories', n_stories=100, val_size=16, eval_size=16, size='tiny',
+               ae_ckpt=str(tmp_path / 'ae' / 'ckpt.pt'), batch_size=8, micro_batch_size=8, max_steps=1,
+               eval_interval=1, eval_samples=1, sample_steps=1, device='cpu', compile=False,
+               out_dir=str(tmp_path / 'diff'))
+    train_diff.main(cfg)
+    caches = sorted((tmp_path / 'diff').glob('latents_*_train.f16'))
+    assert len(caches) == 1
+    good = caches[0].read_bytes()
+    caches[0].write_bytes(good[:len(good) // 2])  # a cache cut short (a full disk, a copy interrupted)
+    train_diff.main(dict(cfg, overwrite=True))
+    assert caches[0].read_bytes() == good  # rebuilt, the same latents
