@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 config = dict(
     tokenizer='',                # a BERT tokenizer folder; '' = $NANOCOSMOS_TOKENIZER, else the MiniLM package's
     dry=False,                   # CPU, toy sizes, eager stand-in for inductor: checks the logic in seconds
-    steps=300,                   # steps of each tiny torchrun training run
+    steps=200,                   # steps of each tiny torchrun training run
     timing_steps=10,             # timed optimizer steps at the paper's micro-batch sizes (after 3 untimed ones)
     out='',                      # the JSON file; '' = $OUT/gpu_check.json when $OUT is set, else none
 )
@@ -308,21 +308,30 @@ def main(cfg):
     report = dict(device=torch.cuda.get_device_name() if not dry else 'cpu (dry run)', torch=torch.__version__,
                   date=time.strftime('%Y-%m-%d'), dry=dry, tolerance=TOLERANCE)
     folder = tempfile.mkdtemp(prefix='gpu_check_')
+    failures = []
+
+    def phase(name, title, fn, check):
+        """Run one part; an exception is a failure of that part, and the next parts still run."""
+        print(title, flush=True)
+        t0 = time.time()
+        try:
+            report[name] = fn()
+            failures.extend(check(report[name]))
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [''])[0][:300]
+            report[name] = dict(error=f"{type(e).__name__}: {first}")
+            failures.append(f"{name}: {report[name]['error']}")
+        report[name]['secs'] = round(time.time() - t0, 1)
+
     try:
-        print("1/3 compiled vs eager (bf16) ...", flush=True)
-        t0 = time.time()
-        report['compile_vs_eager'] = compile_vs_eager('cpu' if dry else 'cuda', steps=2 if dry else 3,
-                                                      backend='aot_eager' if dry else 'inductor')
-        report['compile_vs_eager']['secs'] = round(time.time() - t0, 1)
-        failures = compile_ok({k: v for k, v in report['compile_vs_eager'].items() if k != 'secs'})
-        print(f"2/3 train_ae.py and train_diff.py, {steps} steps each under torchrun ...", flush=True)
+        phase('compile_vs_eager', "1/3 compiled vs eager (bf16) ...",
+              lambda: compile_vs_eager('cpu' if dry else 'cuda', steps=2 if dry else 3,
+                                       backend='aot_eager' if dry else 'inductor'), compile_ok)
         paths = make_encoders(tok, folder, dry)
-        report['torchrun'] = training_runs(paths, folder, steps, dry)
-        failures += runs_ok(report['torchrun'])
-        print("3/3 the paper's micro-batch sizes: peak memory and step time ...", flush=True)
-        t0 = time.time()
-        report['paper_sizes'] = paper_sizes(paths, 2 if dry else cfg['timing_steps'], dry)
-        report['paper_sizes']['secs'] = round(time.time() - t0, 1)
+        phase('torchrun', f"2/3 train_ae.py and train_diff.py, {steps} steps each under torchrun ...",
+              lambda: training_runs(paths, folder, steps, dry), runs_ok)
+        phase('paper_sizes', "3/3 the paper's micro-batch sizes: peak memory and step time ...",
+              lambda: paper_sizes(paths, 2 if dry else cfg['timing_steps'], dry), lambda r: [])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     report['failures'] = failures
