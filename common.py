@@ -508,31 +508,43 @@ def check_writable_file(path, what):
 # -----------------------------------------------------------------------------
 # stopping on a signal: SIGINT (Ctrl-C) and SIGTERM (schedulers, kill) finish the optimizer step, save, exit
 
-_signal = dict(received=0, previous={})
+_signal = dict(received=0, previous={}, armed=False)
 
 
 def install_signals():
     """
-    The first SIGINT or SIGTERM only sets a flag: the loop finishes the current optimizer step, saves a
+    Until arm_stop() (before the first training step: loading, preparing data, encoding a latent cache),
+    SIGINT or SIGTERM ends the run at once in one line: there is nothing to save. After it, the first
+    SIGINT or SIGTERM only sets a flag: the loop finishes the current optimizer step, saves a
     checkpoint and exits (stop_requested). A second one of the same kind exits at once, leaving the last
     checkpoint as it is. One of the other kind is the same request: on Ctrl-C under torchrun a worker gets
     SIGINT from the terminal and SIGTERM from torchrun, and must still save.
     """
     def handler(signum, frame):
+        if not _signal['armed']:
+            raise SystemExit(f"error: stopped by {signal.Signals(signum).name} before the first training step; "
+                             f"nothing to save")
         if _signal['received'] == signum:
             print(f"error: second {signal.Signals(signum).name}: exiting now, without a checkpoint",
                   file=sys.stderr, flush=True)
             os._exit(128 + signum)
         _signal['received'] = _signal['received'] or signum
-    _signal['received'] = 0
+    _signal['received'], _signal['armed'] = 0, False
     for sig in (signal.SIGINT, signal.SIGTERM):
-        _signal['previous'][sig] = signal.signal(sig, handler)
+        previous = signal.signal(sig, handler)
+        _signal['previous'].setdefault(sig, previous)  # a run that died without teardown left ours there
+
+
+def arm_stop():
+    """From here on a signal stops the loop after the current optimizer step, with a checkpoint."""
+    _signal['armed'] = True
 
 
 def restore_signals():
     for sig, previous in _signal['previous'].items():
         signal.signal(sig, previous)
     _signal['previous'].clear()
+    _signal['armed'] = False
 
 
 def stop_requested(env):

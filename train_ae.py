@@ -126,6 +126,7 @@ def evaluate(model, encoder, val_rows, cfg, ctx):
 def main(cfg):
     check_config(cfg)
     env = common.setup(cfg['device'], cfg['seed'])
+    common.install_signals()  # Ctrl-C before the loop: one line; in the loop: save, then stop
     device, master = env['device'], env['master']
     common.claim_out_dir(cfg['out_dir'], env, cfg['init_from'], cfg['overwrite'])
     log = common.Logger(cfg['out_dir'], master)
@@ -194,7 +195,7 @@ def main(cfg):
                                         rng=rng, val=ev, data_dir=data.folder, data=data.meta),
                                    ckpt_path)
 
-    common.install_signals()
+    common.arm_stop()
     t0, t_data = time.time(), 0.0  # t_data: time spent fetching rows (the share of a step that waits for data)
     while step < cfg['max_steps']:
         for group in optimizer.param_groups:

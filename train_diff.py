@@ -300,6 +300,7 @@ def evaluate_blocks(ema, windows, marker, ae, cfg, g, device, ctx, step):
 def main(cfg):
     check_config(cfg)
     env = common.setup(cfg['device'], cfg['seed'])
+    common.install_signals()  # Ctrl-C before the loop: one line; in the loop: save, then stop
     device, master = env['device'], env['master']
     common.claim_out_dir(cfg['out_dir'], env, cfg['init_from'], cfg['overwrite'])
     log = common.Logger(cfg['out_dir'], master)
@@ -421,7 +422,7 @@ def main(cfg):
                                         optimizer=optimizer.state_dict(), step=step, config=cfg, rng=rng,
                                         autoencoder=ae_info, val_loss=val_loss, data_dir=data.folder), ckpt_path)
 
-    common.install_signals()
+    common.arm_stop()
     t0 = time.time()
     while step < cfg['max_steps']:
         for group in optimizer.param_groups:

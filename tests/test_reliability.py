@@ -106,6 +106,7 @@ def test_bad_input_one_line(script, flags, words, tiny_encoder_path, tmp_path):
     if script == 'sample' and 'missing' in flags[0]:
         assert not os.path.exists(tmp_path / 'missing')  # refused before anything was generated
     common.release_out_dir()
+    common.restore_signals()
 
 
 def test_bad_input_from_the_command_line(tmp_path):
@@ -223,12 +224,27 @@ def test_sigterm_saves_and_resume_is_exact(tiny_encoder_path, tmp_path):
     assert lines(tmp_path / 'a') == lines(tmp_path / 'b')
 
 
+def test_signal_before_the_first_step_ends_in_one_line():
+    code = f"""
+import os, signal, sys, time
+sys.path.insert(0, {ROOT!r})
+import common
+common.install_signals()
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(30)
+"""
+    r = subprocess.run([sys.executable, '-c', code], env=env_of(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == ['error: stopped by SIGTERM before the first training step; nothing to save']
+
+
 def test_second_signal_exits_at_once():
     code = f"""
 import os, signal, sys, time
 sys.path.insert(0, {ROOT!r})
 import common
 common.install_signals()
+common.arm_stop()
 os.kill(os.getpid(), signal.SIGINT)
 assert common.stop_requested(dict(ddp=False)) == signal.SIGINT
 os.kill(os.getpid(), signal.SIGTERM)  # torchrun forwards Ctrl-C as SIGTERM: the same request, not a second
@@ -251,6 +267,7 @@ sys.path.insert(0, {ROOT!r})
 import common
 env = common.setup('cpu', 0)
 common.install_signals()
+common.arm_stop()
 seen = [common.stop_requested(env)]
 if env['rank'] == 1:
     signal.raise_signal(signal.SIGTERM)
