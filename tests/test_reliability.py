@@ -4,7 +4,6 @@ checkpoint is never overwritten by accident, one run at a time holds an out_dir,
 keeps the previous one, SIGTERM saves and a resume from there is exact, the DDP ranks agree on when to stop,
 checkpoints carry a format, and the padded token head gives the outputs of an unpadded one.
 """
-import fcntl
 import os
 import re
 import signal
