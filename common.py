@@ -406,8 +406,8 @@ def load_checkpoint(path, stage):
         die(f"checkpoint '{path}' is from stage '{got}', expected a '{stage}' checkpoint")
     version = ckpt.get('format', 1)
     if version != CHECKPOINT_FORMAT:
-        die(f"checkpoint '{path}' has format {version}, this code reads format {CHECKPOINT_FORMAT} "
-            f"({'older: retrain it, or use the commit that wrote it' if version < CHECKPOINT_FORMAT else 'newer: update this code'})")
+        how = 'older: retrain it, or use the commit that wrote it' if version < CHECKPOINT_FORMAT else 'newer: update this code'
+        die(f"checkpoint '{path}' has format {version}, this code reads format {CHECKPOINT_FORMAT} ({how})")
     return ckpt
 
 

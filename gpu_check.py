@@ -188,9 +188,9 @@ def torchrun(script, flags, log_path):
 
 def training_runs(paths, folder, steps, dry):
     device = 'cpu' if dry else 'cuda'
-    shared = ['--data=stories', f'--n_stories={400 if dry else 20000}', f'--max_steps={steps}', f'--eval_interval={steps}',
-              f'--log_interval={max(1, steps // 6)}', '--eval_size=64', f'--device={device}', f'--compile={not dry}',
-              '--warmup=10', '--lr=1e-3']
+    shared = ['--data=stories', f'--n_stories={400 if dry else 20000}', f'--max_steps={steps}',
+              f'--eval_interval={steps}', f'--log_interval={max(1, steps // 6)}', '--eval_size=64',
+              f'--device={device}', f'--compile={not dry}', '--warmup=10', '--lr=1e-3']
     runs = {}
     ae_dir, diff_dir = os.path.join(folder, 'ae'), os.path.join(folder, 'diff')
     t0 = time.time()
@@ -260,8 +260,9 @@ def paper_sizes(paths, n, dry):
         torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    out['autoencoder'] = dict(micro_batch=B_ae, L=L, N=N, encoder=f"random BERT {encoder.model.config.num_hidden_layers}"
-                              f"x{d}", n_layers=args['n_layers'], **timed(ae_step, device, n))
+    shape = f"random BERT {encoder.model.config.num_hidden_layers}x{d}"
+    out['autoencoder'] = dict(micro_batch=B_ae, L=L, N=N, encoder=shape, n_layers=args['n_layers'],
+                              **timed(ae_step, device, n))
     del raw, model, opt, encoder
     torch.compiler.reset()
 

@@ -234,7 +234,8 @@ time.sleep(30)
 """
     r = subprocess.run([sys.executable, '-c', code], env=env_of(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines() == ['error: stopped by SIGTERM before the first training step; nothing to save']
+    assert r.stderr.strip().splitlines() == [
+        'error: stopped by SIGTERM before the first training step; nothing to save']
 
 
 def test_second_signal_exits_at_once():
