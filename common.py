@@ -220,8 +220,10 @@ def setup(device, seed, backend=None):
             torch.cuda.set_device(device)
         # the timeout covers the longest wait at a barrier: rank 0 preparing a raw source, or the slowest
         # rank's share of a latent cache (the default 10 minutes is far too short for a paper-scale corpus)
+        # device_id binds each rank's NCCL communicator to its GPU (without it NCCL guesses from the rank)
         dist.init_process_group(backend=backend or ('nccl' if device.startswith('cuda') else 'gloo'),
-                                timeout=datetime.timedelta(hours=6))
+                                timeout=datetime.timedelta(hours=6),
+                                device_id=torch.device(device) if device.startswith('cuda') else None)
     # a CPU (gloo) group for the stop flag: agreeing on it every step then needs no GPU sync
     cpu_group = None
     if ddp:
