@@ -51,7 +51,7 @@ import sys
 import numpy as np
 import torch
 
-from common import die
+from common import die, progress
 
 # -----------------------------------------------------------------------------
 # the embedded story corpus
@@ -490,7 +490,6 @@ def prepare(cfg, out_dir, encoder, tokenizer_path, num_proc=1, overwrite=False, 
     cfg holds PREPARE_KEYS. Written to a temporary folder and renamed, so a half-written folder is never
     taken for a prepared one; an existing prepared folder is replaced only with overwrite=True.
     """
-    from tqdm import tqdm
     from transformers import AutoTokenizer
     out_dir = os.path.abspath(out_dir)
     if os.path.isfile(os.path.join(out_dir, 'meta.json')) and not overwrite:
@@ -533,7 +532,7 @@ def prepare(cfg, out_dir, encoder, tokenizer_path, num_proc=1, overwrite=False, 
                    for tags, docs in _tagged_batches(tagged, 256))
         tags_q = collections.deque()
         work = (tags_q.append(t) or job for t, job in batches)
-        bar = tqdm(unit=' docs', desc=f"prepare {cfg['data']}", disable=None, dynamic_ncols=True)
+        bar = progress(unit=' docs', desc=f"prepare {cfg['data']}")
         for r in _in_order(pool, _chunk_batch, work, 2 * num_proc):
             tags = tags_q.popleft()
             rows_per_doc = np.ones(len(tags), np.int64) if pairs else r['doc_rows']

@@ -148,7 +148,6 @@ def cached_latents(ae, rows, n, name, cfg, env, ctx, log):
     a missing or different key means the cache is rebuilt. fp16 rounding of normalised latents (relative
     error <= 4.9e-4) stays below the sampler's final noise level.
     """
-    from tqdm import tqdm
     base = os.path.join(cfg['out_dir'], f"latents_{ae.fingerprint()}_{name}")
     shape = (n, ae.args['n_latents'], ae.args['dim'])
     key = dict(data=rows.paths[0], rows=n, max_len=rows.max_len, shape=list(shape), fingerprint=ae.fingerprint())
@@ -170,8 +169,7 @@ def cached_latents(ae, rows, n, name, cfg, env, ctx, log):
         z_all = np.memmap(base + '.f16', dtype=np.float16, mode='r+', shape=shape)
         lo, hi = env['rank'] * n // env['world_size'], (env['rank'] + 1) * n // env['world_size']
         bs = cfg['micro_batch_size']
-        for i in tqdm(range(lo, hi, bs), desc=f"latents {name}", disable=None if env['master'] else True,
-                      dynamic_ncols=True):
+        for i in common.progress(range(lo, hi, bs), desc=f"latents {name}", disable=not env['master']):
             z = encode_rows(ae, rows, np.arange(i, min(i + bs, hi)), ctx).cpu().numpy().astype(np.float16)
             if not np.isfinite(z).all():
                 common.die(f"a normalised latent of rows {i}..{i + len(z)} does not fit float16: set "

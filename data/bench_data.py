@@ -31,7 +31,7 @@ config = dict(
     steps=200,                   # training steps of the measured run
     config='config/tiny_ae.py',  # the training config the run starts from
     flags='',                    # extra --key=value flags for train_ae.py, space-separated
-    work_dir='/tmp/nanocosmos_bench_data',
+    work_dir='/tmp/nanocosmos_bench_data',  # where the folder and the run are written (removed afterwards)
 )
 
 
