@@ -30,7 +30,10 @@ folder the trainers index by row:
 Validation is held out by document: the first documents of the source, whole, until val_size rows are
 reached (or val_data's documents, or the stories' own validation stream), so no document has rows in both
 splits. Nothing corpus-sized is ever a Python object: documents stream through in batches, tokenized by
-num_proc worker processes, and rows are appended to the files as they come.
+num_proc worker processes, and rows are appended to the files as they come. (Our choice over nanoGPT's
+`datasets.map(num_proc=...)`: one mechanism for every source, hub, local or embedded, that keeps at most
+2 x num_proc batches in memory, writes no second Arrow copy of the corpus into the hub cache, and needs no
+`datasets` for local files.)
 
 The embedded corpus: short stories built from a fixed grammar by a seeded generator, with a checker that
 parses a story and says whether it is valid. Valid means the grammar holds AND the story is consistent:
