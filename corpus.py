@@ -271,6 +271,9 @@ def hub_column(spec, split, cfg, *fields):
         import datasets  # imported here: only hub users pay for it
     except ImportError:
         die(f"data '{spec}' needs the 'datasets' package (pip install datasets)")
+    import huggingface_hub.utils
+    datasets.utils.logging.set_verbosity_error()        # the failure below is reported in one line, not
+    huggingface_hub.utils.logging.set_verbosity_error() # after the hub client's own warnings
     name, _, config = spec[3:].partition(':')
     try:
         ds = datasets.load_dataset(name, config or None, split=split, streaming=cfg['streaming'])

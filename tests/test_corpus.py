@@ -121,6 +121,13 @@ def test_source_errors_are_one_line(tmp_path, name, content, words):
     _one_line_exit(e, *words)
 
 
+def test_hub_dataset_offline_is_one_line(capfd):
+    with pytest.raises(SystemExit) as e:
+        docs('hf:nobody/no_such_dataset')                              # HF_HUB_OFFLINE=1 (conftest): no network
+    _one_line_exit(e, "hub dataset 'nobody/no_such_dataset'", 'could not be loaded')
+    assert capfd.readouterr().err == ''                                # and nothing else printed before it
+
+
 # -----------------------------------------------------------------------------
 # the chunker
 
