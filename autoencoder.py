@@ -155,7 +155,14 @@ class Autoencoder(nn.Module):
     encoder's embeddings, padded_vocab(vocab) wide; `logits` masks the padding), and a log-variance head
     when kl_beta > 0. Args (a dict of plain values, saved
     in the checkpoint as 'model_args'): encoder, dim, vocab_size, max_len (L), n_latents (N),
-    n_layers (per resampler), n_heads, kl_beta.
+    n_layers (per resampler), n_heads, kl_beta, head_vocab.
+
+    head_vocab = K > 0 narrows the token head to K tokens of the tokenizer's vocabulary, the ones listed
+    in the buffer head_ids (sorted tokenizer ids, saved in the checkpoint; train_ae.py's head_vocab='data'
+    fills it with every token the training rows use plus the special tokens). Not in the paper, whose head
+    spans BERT's 30,522 tokens: on a small corpus that head is most of a step's cost (a corpus of ~100
+    distinct tokens pays for 30,522 logits per position) and a decoder can never usefully write a token
+    it never saw. A target outside the list (unseen text) is scored as [UNK]. head_vocab = 0: the full head.
     """
 
     def __init__(self, args, encoder=None):
@@ -164,11 +171,15 @@ class Autoencoder(nn.Module):
         a = self.args
         self.compressor = PerceiverResampler(a['n_latents'], a['dim'], a['n_layers'], a['n_heads'])
         self.decompressor = PerceiverResampler(a['max_len'], a['dim'], a['n_layers'], a['n_heads'])
-        self.token_head = nn.Linear(a['dim'], padded_vocab(a['vocab_size']))
+        head_vocab = a.get('head_vocab', 0)                                   # 0 (or absent: older checkpoints) = full
+        n_head = head_vocab or a['vocab_size']                                # the tokens the head writes
+        self.token_head = nn.Linear(a['dim'], padded_vocab(n_head))
         # True at the padding logits: they are set to -inf, so that softmax, CE and argmax see only the
         # real vocabulary (the outputs are those of an unpadded head; tests/test_autoencoder.py checks it)
-        pad = torch.arange(padded_vocab(a['vocab_size'])) >= a['vocab_size']
+        pad = torch.arange(padded_vocab(n_head)) >= n_head
         self.register_buffer('vocab_pad', pad, persistent=False)
+        # head index k writes tokenizer id head_ids[k]; the identity for the full head
+        self.register_buffer('head_ids', torch.arange(n_head), persistent=head_vocab > 0)
         self.to_logvar = nn.Linear(a['dim'], a['dim']) if a['kl_beta'] > 0 else None
         self.register_buffer('h_mu', torch.zeros(a['dim']))
         self.register_buffer('h_sigma', torch.ones(a['dim']))
@@ -211,15 +222,38 @@ class Autoencoder(nn.Module):
         if self.training and latent_dropout > 0:
             z = latent_feature_dropout(z, latent_dropout)
         h_hat = self.decompress(z)                                            # (B, L, d)
-        logits = self.logits(h_hat)                                           # (B, L, V padded)
-        ce = F.cross_entropy(logits.float().flatten(0, 1), ids.flatten())     # all L positions, padding too
+        logits = self.logits(h_hat)                                           # (B, L, V padded) (V = K with head_vocab)
+        target = self.to_head(ids)                                            # tokenizer ids -> head indices
+        ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())  # all L positions, padding too
         m = mask[..., None].float()
         mse = ((h_hat.float() - h_norm) ** 2 * m).sum() / (m.sum() * h.shape[-1])  # real tokens only
         loss = ce + mse_weight * mse + self.args['kl_beta'] * kl
         with torch.no_grad():
-            hit = (logits.argmax(-1) == ids) & mask
+            hit = (self.head_ids[logits.argmax(-1)] == ids) & mask
             acc = hit.sum() / mask.sum()                                      # token accuracy on real tokens
         return loss, dict(ce=ce.detach(), mse=mse.detach(), kl=kl.detach(), acc=acc)
+
+    # ---- the token head's vocabulary ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def set_head_vocab(self, token_ids):
+        """The tokenizer ids (sorted, unique, K of them; K = head_vocab) the narrowed token head writes."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long).to(self.head_ids.device)
+        if ids.shape != self.head_ids.shape or not bool((ids[1:] > ids[:-1]).all()):
+            raise ValueError(f"head vocabulary: expected {len(self.head_ids)} sorted unique ids, got {tuple(ids.shape)}")
+        self.head_ids.copy_(ids)
+
+    def to_head(self, ids):
+        """Tokenizer ids (B, L) -> head indices; ids outside a narrowed head map to [UNK]'s index."""
+        if len(self.head_ids) == self.args['vocab_size']:
+            return ids
+        k = torch.searchsorted(self.head_ids, ids).clamp_max(len(self.head_ids) - 1)
+        unk = torch.searchsorted(self.head_ids, torch.tensor(self.args['unk_id'], device=ids.device))
+        return torch.where(self.head_ids[k] == ids, k, unk)
+
+    def token_ids(self, h_hat):
+        """(B, L, d) reconstructed states -> (B, L) tokenizer ids, the argmax of the token head."""
+        return self.head_ids[self.logits(h_hat).argmax(-1)]
 
     # ---- text in, text out ------------------------------------------------------------------------
 
@@ -247,7 +281,7 @@ class Autoencoder(nn.Module):
     def decode(self, z, normalized=False):
         """z (B, N, d) -> (token ids (B, L), texts cut at the first [SEP])."""
         z = self.denormalize_z(z) if normalized else z
-        ids = self.logits(self.decompress(z.to(self.token_head.weight.dtype))).argmax(-1)
+        ids = self.token_ids(self.decompress(z.to(self.token_head.weight.dtype)))
         return ids, self._need_encoder().decode(ids.cpu())
 
     # ---- latent statistics ------------------------------------------------------------------------

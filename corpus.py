@@ -632,6 +632,14 @@ class Rows:
         mask = torch.arange(self.max_len)[None] < torch.from_numpy(lens.astype(np.int64))[:, None]
         return ids, mask
 
+    def used_tokens(self, vocab_size, chunk=65536):
+        """The sorted distinct token ids of all rows (padding included), read chunk by chunk: bounded memory."""
+        seen = np.zeros(vocab_size, dtype=bool)
+        rows = np.memmap(self.paths[0], dtype=self.dtype, mode='r', shape=(self.n, self.max_len))
+        for i in range(0, self.n, chunk):
+            seen[np.unique(rows[i:i + chunk])] = True
+        return np.flatnonzero(seen)
+
 
 class Prepared:
     """A prepared folder: meta.json, train/val rows (and source rows for pairs), document offsets."""

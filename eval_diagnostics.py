@@ -59,7 +59,7 @@ def diag_reconstruction(ae, texts, batch_size=64, quality=None, quality_name='no
     for i in range(0, len(texts), batch_size):
         ids, mask, _ = ae.encoder.tokenize(list(texts[i:i + batch_size]), ae.args['max_len'])
         z = ae.encode(ids=ids, mask=mask)
-        ids_hat = ae.logits(ae.decompress(z)).argmax(-1).cpu()
+        ids_hat = ae.token_ids(ae.decompress(z)).cpu()
         decoded += ae.encoder.decode(ids_hat) if quality else []
         hit = (ids_hat == ids) & mask
         hits, real = hits + hit.sum().item(), real + mask.sum().item()

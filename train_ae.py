@@ -19,6 +19,7 @@ import sys
 import time
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -54,6 +55,8 @@ config = dict(
     n_latents=16,                # N: latent vectors of width d (= the encoder's hidden size)
     n_layers=12,                 # blocks in the compressor and in the decompressor
     head_dim=64,                 # attention heads are this wide: n_heads = d / head_dim
+    head_vocab='full',           # token head over 'full' (the tokenizer's vocabulary, the paper) or 'data' (the
+                                 # tokens the training rows use, + specials; cheaper and easier on a small corpus)
     # the robustness recipe (paper Sec. 4.2.2, Table 2); set to 0 / 1 / 0 / 0 for plain CE training
     mse_weight=1.0,              # weight of MSE(h_norm, h_hat) over real tokens
     act_mask=0.3,                # activation masking: share of token vectors zeroed (0 = off)
@@ -78,6 +81,7 @@ config = dict(
 )
 
 MODEL_KEYS = ('encoder', 'max_len', 'n_latents', 'n_layers', 'head_dim', 'kl_beta')
+HEAD_VOCABS = ('full', 'data')
 
 
 def check_config(cfg):
@@ -94,6 +98,8 @@ def check_config(cfg):
     common.in_unit(cfg, 'act_mask', 'latent_dropout', 'weight_decay')
     common.require(cfg, 'act_delta', lambda v: 0 < v <= 1, "in (0, 1] (1 = no noising)")
     common.in_unit(cfg, 'beta1', 'beta2')
+    if cfg['head_vocab'] not in HEAD_VOCABS:
+        common.die(f"head_vocab must be one of {', '.join(HEAD_VOCABS)}, not '{cfg['head_vocab']}'")
     if cfg['init_from'] not in ('scratch', 'resume'):
         common.die(f"init_from must be 'scratch' or 'resume', not '{cfg['init_from']}'")
     common.autocast('cpu', cfg['dtype'])  # refuses a dtype it does not know
@@ -112,7 +118,7 @@ def evaluate(model, encoder, val_rows, cfg, ctx):
             h = encoder(ids, mask)
             loss, stats = model(h, ids, mask, mse_weight=cfg['mse_weight'])
             z = model.compress(model.normalize_h(h), mask)
-            ids_hat = model.logits(model.decompress(z)).argmax(-1)
+            ids_hat = model.token_ids(model.decompress(z))
         exact += ((ids_hat == ids) | ~mask).all(1).sum().item()  # every real token right
         zs.append(z.float().cpu())
         for k, v in dict(loss=loss, **stats).items():
@@ -150,6 +156,9 @@ def main(cfg):
             if ckpt['model_args'][k] != args[k]:
                 common.die(f"--{k}={args[k]!r} differs from the checkpoint's {ckpt['model_args'][k]!r}; "
                            f"a resumed run keeps the model it started with")
+        if (ckpt['model_args'].get('head_vocab', 0) > 0) != (cfg['head_vocab'] == 'data'):
+            common.die(f"--head_vocab={cfg['head_vocab']} differs from the checkpoint's; a resumed run keeps the "
+                       f"model it started with")
         args, step = ckpt['model_args'], ckpt['step']
 
     # data: prepared rows of L token ids, read by index from memory maps (corpus.py); no tokenizer here
@@ -159,7 +168,19 @@ def main(cfg):
     if cfg['batch_size'] > len(train_rows):
         common.die(f"batch_size={cfg['batch_size']} is larger than the {len(train_rows)} training rows")
 
+    head_ids = None
+    if ckpt is None:
+        args['head_vocab'] = 0
+        if cfg['head_vocab'] == 'data':  # every token the training rows use, and the specials (unseen text -> [UNK])
+            tok = encoder.tokenizer
+            specials = [i for i in (tok.pad_token_id, tok.cls_token_id, tok.sep_token_id, tok.unk_token_id) if i is not None]
+            head_ids = np.union1d(train_rows.used_tokens(encoder.vocab_size), specials)
+            args.update(head_vocab=len(head_ids), unk_id=tok.pad_token_id if tok.unk_token_id is None else tok.unk_token_id)
+            log(f"token head over the {len(head_ids):,} tokens the training rows use (of {encoder.vocab_size:,})")
+
     raw = Autoencoder(args, encoder).to(device)
+    if head_ids is not None:
+        raw.set_head_vocab(head_ids)
     optimizer = common.make_optimizer(raw, cfg['lr'], (cfg['beta1'], cfg['beta2']), cfg['weight_decay'])
     if ckpt is not None:
         common.load_state(raw, ckpt['model'], ckpt_path)
