@@ -13,7 +13,7 @@ import torch
 import common
 from autoencoder import load_autoencoder
 from corpus import is_valid_story
-from diffusion import SAMPLERS, q_sample, sample
+from diffusion import GRIDS, SAMPLERS, q_sample, sample
 from eval_common import as_seen as _as_seen
 from eval_common import check_model, floats, refuse_conditional, run_of, texts_of, write_json
 from metrics import bleu, diversity, load_causal_lm, perplexity, sentence_bleu
@@ -178,25 +178,72 @@ def diag_mismatch(denoiser, ae, texts, n, steps, d, t_min, sampler='ddim', seed=
 
 
 @torch.no_grad()
+def encoder_features(ae, texts, batch_size, ctx=None):
+    """MAUVE's features from the autoencoder's own frozen encoder: its last hidden states mean-pooled over real
+    tokens, (n, d) float32 (metrics.encoder_features does the same from a model name)."""
+    feats = []
+    for i in range(0, len(texts), batch_size):
+        ids, mask, _ = ae.encoder.tokenize(texts[i:i + batch_size], ae.args['max_len'])
+        ids, mask = ids.to(ae.encoder.device), mask.to(ae.encoder.device)
+        with ctx or nullcontext():
+            h = ae.encoder(ids, mask).float()
+        m = mask[..., None].float()
+        feats.append(((h * m).sum(1) / m.sum(1).clamp_min(1)).cpu())
+    return torch.cat(feats).numpy()
+
+
+def parse_series(spec):
+    """'ddim,dpm2m@logsnr' -> [('ddim', 'uniform'), ('dpm2m', 'logsnr')]; a sampler alone runs on the uniform grid."""
+    out = []
+    for item in spec.split(','):
+        sampler, _, grid = item.strip().partition('@')
+        if sampler not in SAMPLERS or (grid or 'uniform') not in GRIDS:
+            common.die(f"steps_samplers: '{item}' is not SAMPLER or SAMPLER@GRID (samplers {', '.join(SAMPLERS)}; "
+                       f"grids {', '.join(GRIDS)})")
+        out.append((sampler, grid or 'uniform'))
+    return out
+
+
+@torch.no_grad()
 def diag_steps(denoiser, ae, n, steps_grid, d, t_min, quality=None, quality_name='', seed=0, batch_size=64,
-               device='cpu', ctx=None):
-    """Steps vs quality, for every sampler of diffusion.py: Div, a quality score (valid stories or PPL, when
-    there is one), the train-inference mismatch, and the wall time of the sampling loop alone (decoding
-    excluded; 'heun' makes 2 * steps - 1 network passes, the others steps)."""
-    out = dict(steps=list(steps_grid), n_samples=n, quality_name=quality_name)
-    for sampler in SAMPLERS:
-        rows = dict(seconds=[], div=[], quality=[], mismatch=[])
-        for steps in steps_grid:
-            t0 = time.time()
-            z = sample(denoiser, (n, ae.args['n_latents'], ae.args['dim']), steps, d, t_min, sampler,
-                       generator=torch.Generator(device).manual_seed(seed), device=device, autocast=ctx)
-            z = z.cpu().to(device)  # .cpu() waits for the GPU, so the clock measures the work
-            rows['seconds'].append(time.time() - t0)
-            texts = decode_latents(ae, z, batch_size, normalized=True)[1]
-            rows['div'].append(diversity(texts))
-            rows['quality'].append(quality(texts) if quality else float('nan'))
-            rows['mismatch'].append(mismatch(ae, z, batch_size))
-        out[sampler] = rows
+               device='cpu', ctx=None, series=None, seeds=1, refs=None):
+    """
+    Steps vs quality, for each (sampler, grid) of `series` (default: every sampler on the uniform grid), over
+    `seeds` sampling seeds (seed, seed + 1, ...; n samples each): a quality score (valid stories or PPL, when
+    there is one), MAUVE against `refs` (n held-out texts) on the autoencoder's own encoder features, Div, the
+    train-inference mismatch, and the wall time of the sampling loop alone (decoding excluded; 'heun' makes
+    2 * steps - 1 network passes, the others steps). Each quantity: the per-seed values, their mean and std.
+    """
+    import mauve
+    series = series or [(s, 'uniform') for s in SAMPLERS]
+    q_features = encoder_features(ae, refs, batch_size, ctx) if refs else None
+    out = dict(steps=list(steps_grid), n_samples=n, seeds=list(range(seed, seed + seeds)), quality_name=quality_name,
+               mauve_name=f"MAUVE (mauve-text, auto buckets, k-means seed 25) on mean-pooled {ae.encoder.name} "
+                          f"features against {len(refs or [])} held-out texts (their tokenizer round trip)",
+               series=[f'{s}@{g}' for s, g in series])
+    keys = ('seconds', 'quality', 'mauve', 'div', 'mismatch')
+    for sampler, grid in common.progress(series, desc='steps: samplers', unit='sampler'):
+        per = {k: [[] for _ in steps_grid] for k in keys}                      # [step index][seed]
+        for j, steps in enumerate(steps_grid):
+            for s in range(seed, seed + seeds):
+                t0 = time.time()
+                z = sample(denoiser, (n, ae.args['n_latents'], ae.args['dim']), steps, d, t_min, sampler,
+                           generator=torch.Generator(device).manual_seed(s), device=device, autocast=ctx, grid=grid)
+                z = z.cpu().to(device)  # .cpu() waits for the GPU, so the clock measures the work
+                per['seconds'][j].append(time.time() - t0)
+                texts = decode_latents(ae, z, batch_size, normalized=True)[1]
+                per['quality'][j].append(quality(texts) if quality else float('nan'))
+                per['mauve'][j].append(float(mauve.compute_mauve(
+                    p_features=encoder_features(ae, texts, batch_size, ctx), q_features=q_features, seed=25,
+                    device_id=-1, verbose=False).mauve) if q_features is not None else float('nan'))
+                per['div'][j].append(diversity(texts))
+                per['mismatch'][j].append(mismatch(ae, z, batch_size))
+        rows = {}
+        for k in keys:
+            rows[k] = [float(np.mean(v)) for v in per[k]]
+            rows[k + '_std'] = [float(np.std(v)) for v in per[k]]
+            rows[k + '_per_seed'] = per[k]
+        out[sampler if grid == 'uniform' else f'{sampler}@{grid}'] = rows
     return out
 
 
@@ -228,6 +275,7 @@ def run_diagnostics(cfg, env):
     unknown = [name for name in cfg['diags'].split(',') if name not in DIAGS + ('all',)]
     if unknown:
         common.die(f"unknown diagnostic '{unknown[0]}' (known: {', '.join(DIAGS)})")
+    series = parse_series(cfg['steps_samplers'])                              # a typo fails before any work
     denoiser = None
     if cfg['ckpt']:
         denoiser, ae, ckpt = load_pipeline(cfg['ckpt'], cfg['ae_ckpt'], dev, cfg['use_ema'])
@@ -296,12 +344,15 @@ def run_diagnostics(cfg, env):
             line = f"MSE(z_hat, E(D(z_hat))) {r['mse_generated']:.4f} generated, {r['mse_real']:.4f} real texts"
         else:  # steps
             x = [int(s) for s in floats(cfg, 'steps_grid')]
-            r = diag_steps(denoiser, ae, n, x, d, t_min, quality, quality_name, seed, bs, dev, ctx)
-            xlabel, logx = 'sampling steps', True
-            panels = {label: {s: r[s][k] for s in SAMPLERS} for k, label in (
-                ('div', 'Div'), ('quality', quality_name.split(' (')[0]), ('mismatch', 'mismatch MSE'),
-                ('seconds', 'seconds (sampling)')) if quality or k != 'quality'}
-            line = ', '.join(f"{s} {r[s]['seconds'][-1]:.2f}s" for s in SAMPLERS) + f" at {x[-1]} steps"
+            refs = as_seen(ae, held_out)                                      # what a perfect decoder writes
+            r = diag_steps(denoiser, ae, n, x, d, t_min, quality, quality_name, seed, bs, dev, ctx, series,
+                           cfg['steps_seeds'], refs)
+            xlabel, logx = f"sampling steps (mean over {cfg['steps_seeds']} seeds)", True
+            labels = [s if g == 'uniform' else f'{s}@{g}' for s, g in series]
+            panels = {label: {s: r[s][k] for s in labels} for k, label in (
+                ('quality', quality_name.split(' (')[0]), ('mauve', 'MAUVE (encoder features)'), ('div', 'Div'),
+                ('mismatch', 'mismatch MSE'), ('seconds', 'seconds (sampling)')) if quality or k != 'quality'}
+            line = ', '.join(f"{s} {r[s]['quality'][-1]:.3f}" for s in labels) + f" {quality_name.split(' (')[0]} at {x[-1]} steps"
         r.update(made=made, seconds=time.time() - t0)
         write_json(os.path.join(out_dir, f'{name}.json'), r)
         plot(os.path.join(out_dir, f'{name}.png'), f"{name}: {path} (step {ckpt['step']})", x, panels, xlabel, logx)

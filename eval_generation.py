@@ -39,8 +39,9 @@ def run_generation(cfg, env):
         refuse_conditional(denoiser, cfg['ckpt'])
         run, encoder, max_len = run_of(ckpt), ae.encoder, ae.args['max_len']
         made = dict(ckpt=cfg['ckpt'], step=ckpt['step'], steps=cfg['steps'], sampler=cfg['sampler'],
-                    ema=cfg['use_ema'])
-        out = cfg['out'] or os.path.join(os.path.dirname(cfg['ckpt']), f"eval_{cfg['sampler']}{cfg['steps']}.json")
+                    grid=cfg['grid'], ema=cfg['use_ema'])
+        grid = '' if cfg['grid'] == 'uniform' else '_' + cfg['grid']
+        out = cfg['out'] or os.path.join(os.path.dirname(cfg['ckpt']), f"eval_{cfg['sampler']}{cfg['steps']}{grid}.json")
     else:
         common.die("mode=generation needs samples=PATH (a JSONL of texts) or ckpt=PATH (a diffusion checkpoint)")
     n_max = max(len(g) for g in groups.values()) if groups else cfg['num_samples']
@@ -64,7 +65,8 @@ def run_generation(cfg, env):
             t0 = time.time()
             groups[seed] = generate(denoiser, ae, cfg['num_samples'], cfg['steps'], d['schedule_d'], d['t_min'],
                                     cfg['sampler'], seed, cfg['batch_size'], env['device'],
-                                    common.autocast(env['device_type'], cfg['dtype']), desc=f"sampling, seed {seed}")[0]
+                                    common.autocast(env['device_type'], cfg['dtype']), desc=f"sampling, seed {seed}",
+                                    grid=cfg['grid'])[0]
             seconds.append(time.time() - t0)
         # the texts too, with their seeds, so that --samples= scores them again without generating
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -23,7 +23,7 @@ eval_generation.py (MAUVE, PPL, Div, Mem), eval_conditional.py (BLEU, ROUGE, BER
 import sys
 
 import common
-from diffusion import SAMPLERS
+from diffusion import GRIDS, SAMPLERS
 from eval_conditional import run_conditional
 from eval_diagnostics import run_diagnostics
 from eval_generation import run_generation
@@ -40,8 +40,9 @@ config = dict(
     # the paper's protocol (Sec. 6.1)
     num_samples=1000,            # texts per seed
     num_seeds=10,                # seeds 0..num_seeds-1; every metric is reported as mean and std over them
-    steps=200,                   # Euler steps of the sampler (the paper: 200)
-    sampler='ddim',              # 'ddim' (probability-flow ODE), 'ancestral' (reverse SDE), 'heun' (2nd order)
+    steps=200,                   # steps of the sampler (the paper: 200 Euler steps)
+    sampler='ddim',              # 'ddim' (Euler, probability-flow ODE), 'ancestral' (reverse SDE), 'heun', 'dpm2m'
+    grid='uniform',              # time grid: 'uniform' in t (the paper's) or 'logsnr' (uniform in log-SNR)
     use_ema=True,                # sample from the EMA weights
     # the scorers
     ppl_model='gpt2-large',      # causal LM for PPL, hub name or local folder (the paper: gpt2-large); '' = no PPL
@@ -61,7 +62,9 @@ config = dict(
     sigmas='0,0.25,0.5,1,1.5,2',    # decoder robustness: scales of the latent noise
     gammas='0,0.05,0.1,0.2,0.5,1',  # diffusion robustness: scales of the mid-trajectory injection
     inject_at=0.75,              # diffusion robustness: share of the steps taken before the injection
-    steps_grid='10,25,50,100,200',  # steps vs quality, for both samplers
+    steps_grid='5,10,20,50,100,200',  # steps vs quality: the step counts
+    steps_samplers='ddim,ancestral,heun,dpm2m,dpm2m@logsnr',  # ... and the samplers (SAMPLER or SAMPLER@GRID)
+    steps_seeds=3,               # ... each over seeds seed .. seed + steps_seeds - 1 (diag_n samples each)
     # system
     batch_size=64,               # texts per batch for sampling, encoders and scorers
     device='auto',               # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1'
@@ -76,6 +79,8 @@ def main(cfg):
         common.die(f"unknown mode '{cfg['mode']}' (use {', '.join(modes)})")
     if cfg['sampler'] not in SAMPLERS:
         common.die(f"sampler must be one of {', '.join(SAMPLERS)}, not '{cfg['sampler']}'")
+    if cfg['grid'] not in GRIDS:
+        common.die(f"grid must be one of {', '.join(GRIDS)}, not '{cfg['grid']}'")
     if cfg['mauve_features'] not in ('lm', 'encoder'):
         common.die(f"mauve_features must be 'lm' or 'encoder', not '{cfg['mauve_features']}'")
     env = common.setup(cfg['device'], cfg['seed'])

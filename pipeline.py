@@ -54,7 +54,7 @@ def encode_texts(ae, texts, max_len, batch_size=64, autocast=None, normalize=Tru
 
 @torch.no_grad()
 def generate(denoiser, ae, n, steps, schedule_d, t_min, sampler='ddim', seed=0, batch_size=64,
-             device='cpu', autocast=None, cond=None, guidance=None, desc=None):
+             device='cpu', autocast=None, cond=None, guidance=None, desc=None, grid='uniform'):
     """
     n texts (and their latents, un-normalised) from the denoiser, decoded by the autoencoder. For a
     conditional denoiser, cond holds the n normalised source latents (n, Nc, d), one text per source.
@@ -67,7 +67,7 @@ def generate(denoiser, ae, n, steps, schedule_d, t_min, sampler='ddim', seed=0, 
         b = min(batch_size, n - i)
         c = None if cond is None else cond[i:i + b].to(device)
         z = sample(denoiser, (b, *shape), steps, schedule_d, t_min, sampler, cond=c, guidance=guidance,
-                   generator=generator, device=device, autocast=autocast)
+                   generator=generator, device=device, autocast=autocast, grid=grid)
         z = ae.denormalize_z(z)                                               # back to the autoencoder's space
         with autocast or nullcontext():                                       # decompressor + token head in bf16 on GPU
             texts += ae.decode(z)[1]

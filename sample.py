@@ -36,7 +36,8 @@ import torch
 import common
 from autoencoder import load_autoencoder
 from corpus import Prepared, chunk_document, read_jsonl, read_lines
-from diffusion import SAMPLERS, end_marker, sample_blocks
+from corpus import is_valid_story
+from diffusion import GRIDS, SAMPLERS, end_marker, sample_blocks
 from pipeline import encode_texts, generate, load_pipeline
 
 config = dict(
@@ -44,8 +45,10 @@ config = dict(
     ae_ckpt='',                  # autoencoder checkpoint; '' = the path recorded in the diffusion checkpoint
     num_samples=8,               # texts per seed (unconditional models)
     num_seeds=1,                 # seeds seed .. seed + num_seeds - 1, each written with its rows
-    steps=200,                   # Euler steps from t = 1 to t_min (the paper: 200)
-    sampler='ddim',              # 'ddim' (Euler on the probability-flow ODE), 'ancestral' (reverse SDE), 'heun'
+    steps=200,                   # sampler steps from t = 1 to t_min (the paper: 200 Euler steps)
+    sampler='ddim',              # 'ddim' (Euler on the probability-flow ODE, the paper's), 'ancestral' (reverse SDE),
+                                 # 'heun', 'dpm2m' (DPM-Solver++(2M), second order, one pass a step)
+    grid='uniform',              # time grid: 'uniform' in t (the paper's) or 'logsnr' (uniform in log-SNR)
     seed=0,                      # the first seed
     batch_size=64,               # texts per sampler batch (and sources per encoder batch)
     out='',                      # also write JSONL: {"text", "seed", ...}; conditional: {"source", "target", "generation", ...}
@@ -258,6 +261,8 @@ def check_config(cfg):
     common.require(cfg, 'guidance', lambda v: v >= 0, ">= 0 (1 = plain conditional)")
     if cfg['sampler'] not in SAMPLERS:
         common.die(f"sampler must be one of {', '.join(SAMPLERS)}, not '{cfg['sampler']}'")
+    if cfg['grid'] not in GRIDS:
+        common.die(f"grid must be one of {', '.join(GRIDS)}, not '{cfg['grid']}'")
     common.autocast('cpu', cfg['dtype'])  # refuses a dtype it does not know
     if cfg['out']:
         common.check_writable_file(cfg['out'], 'out')
@@ -287,15 +292,23 @@ def main(cfg):
     elif cfg['sources']:
         common.die(f"'{cfg['ckpt']}' is an unconditional model: it takes no --sources")
     n = len(rows) if rows is not None else cfg['num_samples']
-    meta = dict(ckpt=cfg['ckpt'], step=ckpt['step'], steps=cfg['steps'], sampler=cfg['sampler'], ema=cfg['use_ema'])
+    meta = dict(ckpt=cfg['ckpt'], step=ckpt['step'], steps=cfg['steps'], sampler=cfg['sampler'], grid=cfg['grid'],
+                ema=cfg['use_ema'])
+    # a model trained on the embedded story corpus has an exact checker: each printed sample is marked by it
+    check = rows is None and trained_on_stories(ckpt)
     f = open(cfg['out'], 'w') if cfg['out'] else None
-    t0 = time.time()
+    t0, n_valid = time.time(), 0
     for seed in range(cfg['seed'], cfg['seed'] + cfg['num_seeds']):
         texts, _ = generate(denoiser, ae, n, cfg['steps'], d['schedule_d'], d['t_min'], cfg['sampler'], seed,
                             cfg['batch_size'], env['device'], ctx, cond=cond, guidance=guidance,
-                            desc=f"seed {seed}")
+                            desc=f"seed {seed}", grid=cfg['grid'])
         for text in texts:
-            print(text)
+            if check:
+                ok = is_valid_story(text)
+                n_valid += ok
+                print(f"[{'valid' if ok else 'invalid'}] {text}")
+            else:
+                print(text)
         if f:
             for i, text in enumerate(texts):
                 row = dict(text=text) if rows is None else dict(rows[i], generation=text, guidance=cfg['guidance'])
@@ -303,8 +316,23 @@ def main(cfg):
             f.flush()  # a long run keeps every finished seed
     if f:
         f.close()
-    print(f"# {n} samples x {cfg['num_seeds']} seed(s), {cfg['steps']} {cfg['sampler']} steps, "
-          f"{time.time() - t0:.1f}s on {env['device']}", file=sys.stderr)
+    print(f"# {n} samples x {cfg['num_seeds']} seed(s), {cfg['steps']} {cfg['sampler']} steps ({cfg['grid']} grid), "
+          f"{time.time() - t0:.1f}s on {env['device']}" + (
+              f"; {n_valid} of {n * cfg['num_seeds']} are valid stories (corpus.is_valid_story)" if check else ''),
+          file=sys.stderr)
+
+
+def trained_on_stories(ckpt):
+    """Whether a diffusion checkpoint records that it was trained on the embedded story corpus: its prepared
+    data's meta.json (kept in the checkpoint; older checkpoints: read from the folder, if it is still there)."""
+    meta = ckpt.get('data')
+    if meta is None:
+        try:
+            with open(os.path.join(ckpt.get('data_dir', ''), 'meta.json')) as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            return False
+    return meta.get('source', {}).get('data') == 'stories'
 
 
 if __name__ == '__main__':

@@ -418,7 +418,8 @@ def main(cfg):
             common.save_checkpoint(dict(stage='diffusion', model_args=args, diffusion_args=diff_args,
                                         model=raw.state_dict(), ema=ema.state_dict(),
                                         optimizer=optimizer.state_dict(), step=step, config=cfg, rng=rng,
-                                        autoencoder=ae_info, val_loss=val_loss, data_dir=data.folder), ckpt_path)
+                                        autoencoder=ae_info, val_loss=val_loss, data_dir=data.folder,
+                                        data=data.meta), ckpt_path)
 
     common.arm_stop()
     t0 = time.time()

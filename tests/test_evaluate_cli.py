@@ -229,6 +229,12 @@ def test_sample_several_seeds_then_score_over_seeds(run, tmp_path, capsys):
                      out=str(path), device='cpu'))
     rows = [json.loads(l) for l in path.read_text().splitlines()]
     assert [r['seed'] for r in rows] == [3] * 5 + [4] * 5
+    # trained on the embedded stories: every printed sample is marked by corpus.is_valid_story, and counted
+    from corpus import is_valid_story
+    captured = capsys.readouterr()
+    printed = captured.out.splitlines()
+    assert printed == [f"[{'valid' if is_valid_story(r['text']) else 'invalid'}] {r['text']}" for r in rows]
+    assert f"{sum(is_valid_story(r['text']) for r in rows)} of 10 are valid stories" in captured.err
     denoiser, ae, ckpt = load_pipeline(run['diff'])
     d = ckpt['diffusion_args']
     for seed in (3, 4):  # each seed's rows are exactly what that seed generates

@@ -70,6 +70,32 @@ def test_ae_exact_resume(tiny_encoder_path, tmp_path):
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
+def test_head_over_the_data_vocabulary(tiny_encoder_path, tmp_path):
+    # head_vocab='data': the head covers exactly the tokens of the training rows plus the specials, the map is
+    # in the checkpoint, a reloaded model decodes through it, unseen ids score as [UNK], and resume keeps it
+    from autoencoder import load_autoencoder
+    from corpus import Prepared
+    train_ae.main(ae_cfg(tiny_encoder_path, tmp_path / 'a', head_vocab='data', max_steps=3))
+    ckpt = common.load_checkpoint(str(tmp_path / 'a' / 'ckpt.pt'), 'autoencoder')
+    ae = load_autoencoder(ckpt)
+    tok = ae.encoder.tokenizer
+    rows = Prepared(ckpt['data_dir']).train
+    ids = rows.batch(range(len(rows)))[0]
+    want = sorted(set(ids.unique().tolist()) | {tok.pad_token_id, tok.cls_token_id, tok.sep_token_id, tok.unk_token_id})
+    assert ckpt['model_args']['head_vocab'] == len(want) < ae.args['vocab_size']
+    assert ckpt['model']['head_ids'].tolist() == want and ae.token_head.out_features == len(want)
+    unseen = next(i for i in range(ae.args['vocab_size']) if i not in set(want))
+    x = torch.tensor([[want[3], unseen, tok.sep_token_id]])
+    assert ae.head_ids[ae.to_head(x)].tolist() == [[want[3], tok.unk_token_id, tok.sep_token_id]]
+    out_ids, texts = ae.decode(torch.randn(2, ae.args['n_latents'], ae.args['dim']))
+    assert set(out_ids.unique().tolist()) <= set(want) and len(texts) == 2
+    train_ae.main(ae_cfg(tiny_encoder_path, tmp_path / 'a', head_vocab='data', init_from='resume'))
+    with pytest.raises(SystemExit, match="head_vocab=full differs from the checkpoint"):
+        train_ae.main(ae_cfg(tiny_encoder_path, tmp_path / 'a', init_from='resume', max_steps=9))
+    with pytest.raises(SystemExit, match="head_vocab must be one of full, data"):
+        train_ae.main(ae_cfg(tiny_encoder_path, tmp_path / 'b', head_vocab='corpus'))
+
+
 def test_diffusion_exact_resume(tiny_ae, tmp_path):
     raw_a, ema_a = train_diff.main(diff_cfg(tiny_ae, tmp_path / 'a'))
     train_diff.main(diff_cfg(tiny_ae, tmp_path / 'b', max_steps=3))
