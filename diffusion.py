@@ -233,9 +233,9 @@ def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=No
         r = h_prev / h, each step is exactly the exponential integrator of x0_hat extrapolated linearly in
         lambda, D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev:
             z_s = (sigma_s / sigma_t) z_t + sqrt(a_s) (1 - e^-h) D,   sigma = sqrt(1 - a).
-        With D = x0_hat this is the DDIM step; the first step (h = inf) and the second (r = inf) are that
-        step. Its last update lands at t_min with D as its data term, so it returns z_{t_min} / sqrt(a(t_min))
-        (at t_min = 1e-3, d = 5: D + 0.008 eps), the solver's own answer, rather than the last x0_hat alone.
+        With D = x0_hat this is the DDIM step; the first step (h = inf), the second (r = inf) and the last
+        (see below) are that step. The solver's answer is its final state, so it returns z_{t_min} /
+        sqrt(a(t_min)) (at t_min = 1e-3, d = 5: the last x0_hat blended with the previous state, plus 0.008 eps).
 
     Conditional models: `cond` is the normalised source latent. guidance=None samples plainly
     conditionally; guidance=w runs the conditional and the null-source halves in one batched pass and
