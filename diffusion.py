@@ -235,7 +235,7 @@ def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=No
             z_s = (sigma_s / sigma_t) z_t + sqrt(a_s) (1 - e^-h) D,   sigma = sqrt(1 - a).
         With D = x0_hat this is the DDIM step; the first step (h = inf), the second (r = inf) and the last
         (see below) are that step. The solver's answer is its final state, so it returns z_{t_min} /
-        sqrt(a(t_min)) (at t_min = 1e-3, d = 5: the last x0_hat blended with the previous state, plus 0.008 eps).
+        sqrt(a(t_min)) = x0_hat + e^-h (z_t / sqrt(a_t) - x0_hat), the last x0_hat up to the noise left at t_min.
 
     Conditional models: `cond` is the normalised source latent. guidance=None samples plainly
     conditionally; guidance=w runs the conditional and the null-source halves in one batched pass and
