@@ -115,7 +115,7 @@ def block_loss(model, z0, d, t_min, self_cond_prob=0.5, drop_prob=0.1):
 
 @torch.no_grad()
 def sample_blocks(model, prompt, n_blocks, steps, d, t_min, sampler='ddim', guidance=None, commit=None,
-                  generator=None, device='cpu', autocast=None):
+                  generator=None, device='cpu', autocast=None, grid='uniform'):
     """
     Continue the n documents whose first m clean blocks are `prompt` (n, m, N, c) (E first for a document
     start; m >= 1) block by block up to n_blocks blocks in all, with diffusion.sample for each block.
@@ -162,7 +162,7 @@ def sample_blocks(model, prompt, n_blocks, steps, d, t_min, sampler='ddim', guid
                 x0_u = model.step(z, t, sc, k, None).float()                  # null: no prefix, same index
             return x0_c + (guidance - 1) * (x0_c - x0_u)
 
-        x0 = sample(net, (n, N, c), steps, d, t_min, sampler, generator=generator, device=device)
+        x0 = sample(net, (n, N, c), steps, d, t_min, sampler, generator=generator, device=device, grid=grid)
         ended = is_end_block(x0, marker)
         x0 = commit(x0, j) if commit is not None else x0
         x0 = torch.where(ended[:, None, None], marker, x0)                   # an end is committed exactly as E

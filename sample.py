@@ -40,15 +40,20 @@ from corpus import is_valid_story
 from diffusion import GRIDS, SAMPLERS, end_marker, sample_blocks
 from pipeline import encode_texts, generate, load_pipeline
 
+DEFAULT_STEPS = dict(ddim=200, ancestral=200, heun=200, dpm2m=20)  # steps=0; the paper: 200 Euler steps
+
 config = dict(
     ckpt='out/diff/ckpt.pt',     # diffusion checkpoint
     ae_ckpt='',                  # autoencoder checkpoint; '' = the path recorded in the diffusion checkpoint
     num_samples=8,               # texts per seed (unconditional models)
     num_seeds=1,                 # seeds seed .. seed + num_seeds - 1, each written with its rows
-    steps=200,                   # sampler steps from t = 1 to t_min (the paper: 200 Euler steps)
-    sampler='ddim',              # 'ddim' (Euler on the probability-flow ODE, the paper's), 'ancestral' (reverse SDE),
-                                 # 'heun', 'dpm2m' (DPM-Solver++(2M), second order, one pass a step)
-    grid='uniform',              # time grid: 'uniform' in t (the paper's) or 'logsnr' (uniform in log-SNR)
+    sampler='dpm2m',             # 'dpm2m' (DPM-Solver++(2M), second order, one pass a step: as good in 20 steps as
+                                 # 200 Euler steps on the tiny model, README), 'ddim' (Euler on the probability-flow
+                                 # ODE: the paper's; --sampler=ddim alone is the paper's 200 uniform steps),
+                                 # 'ancestral' (reverse SDE), 'heun'
+    steps=0,                     # steps from t = 1 to t_min; 0 = the sampler's default (DEFAULT_STEPS)
+    grid='auto',                 # time grid: 'uniform' in t (the paper's), 'logsnr' (uniform in log-SNR), or 'auto'
+                                 # (logsnr for dpm2m, uniform for the others)
     seed=0,                      # the first seed
     batch_size=64,               # texts per sampler batch (and sources per encoder batch)
     out='',                      # also write JSONL: {"text", "seed", ...}; conditional: {"source", "target", "generation", ...}
@@ -191,7 +196,8 @@ def continue_documents(denoiser, ae, prompts, cfg, d, device, ctx, chunked=None,
                     said[j] = ae.decode(x0, normalized=True)[1]
                     return ae.encode(said[j], normalize=True).float() if cfg['reencode'] else x0
             blocks, length = sample_blocks(denoiser, prompt, 1 + m + cfg['n_blocks'], cfg['steps'], d['schedule_d'],
-                                           d['t_min'], cfg['sampler'], cfg['guidance'], commit, generator, device, ctx)
+                                           d['t_min'], cfg['sampler'], cfg['guidance'], commit, generator, device, ctx,
+                                           cfg['grid'])
             n_gen = blocks.shape[1] - 1 - m
             for b, i in enumerate(idx):
                 texts = [said[1 + m + j][b] for j in range(int(length[b]))]
@@ -212,7 +218,7 @@ def independent_windows(denoiser, ae, prompts, cfg, d, device, ctx, chunked=None
         chunked = [prompt_rows(p, tok, L) for p in prompts]
     k = cfg['n_blocks']
     texts, _ = generate(denoiser, ae, len(chunked) * k, cfg['steps'], d['schedule_d'], d['t_min'], cfg['sampler'],
-                        seed, cfg['batch_size'], device, ctx)
+                        seed, cfg['batch_size'], device, ctx, grid=cfg['grid'])
     rows = []
     for i, ch in enumerate(chunked):
         rows.append(dict(prompt=prompts[i], prompt_chunks=ch[2], blocks=texts[i * k:(i + 1) * k],
@@ -234,8 +240,8 @@ def long_text(denoiser, ae, ckpt, cfg, env, ctx):
         common.die(f"n_blocks must be at least 1, not {cfg['n_blocks']}")
     chunked = folder_prompts(cfg, ae) if cfg['prompts'] and os.path.isdir(cfg['prompts']) else None
     prompts = [' '.join(c[2]) for c in chunked] if chunked else read_prompts(cfg)
-    meta = dict(ckpt=cfg['ckpt'], step=ckpt['step'], steps=cfg['steps'], sampler=cfg['sampler'], ema=cfg['use_ema'],
-                guidance=cfg['guidance'], reencode=cfg['reencode'], context=blocks)
+    meta = dict(ckpt=cfg['ckpt'], step=ckpt['step'], steps=cfg['steps'], sampler=cfg['sampler'], grid=cfg['grid'],
+                ema=cfg['use_ema'], guidance=cfg['guidance'], reencode=cfg['reencode'], context=blocks)
     f = open(cfg['out'], 'w') if cfg['out'] else None
     t0, n_rows = time.time(), 0
     for seed in range(cfg['seed'], cfg['seed'] + cfg['num_seeds']):
@@ -256,13 +262,14 @@ def long_text(denoiser, ae, ckpt, cfg, env, ctx):
 
 def check_config(cfg):
     """Every value checked, and the output file's folder, before anything is loaded or generated."""
-    common.at_least(cfg, 1, 'num_samples', 'num_seeds', 'steps', 'batch_size')  # steps=0: the mean latent
+    common.at_least(cfg, 1, 'num_samples', 'num_seeds', 'batch_size')
+    common.at_least(cfg, 0, 'steps')  # 0: the sampler's default (DEFAULT_STEPS)
     common.at_least(cfg, 1, 'n_blocks', 'prompt_blocks')
     common.require(cfg, 'guidance', lambda v: v >= 0, ">= 0 (1 = plain conditional)")
     if cfg['sampler'] not in SAMPLERS:
         common.die(f"sampler must be one of {', '.join(SAMPLERS)}, not '{cfg['sampler']}'")
-    if cfg['grid'] not in GRIDS:
-        common.die(f"grid must be one of {', '.join(GRIDS)}, not '{cfg['grid']}'")
+    if cfg['grid'] not in GRIDS + ('auto',):
+        common.die(f"grid must be one of {', '.join(GRIDS)}, auto, not '{cfg['grid']}'")
     common.autocast('cpu', cfg['dtype'])  # refuses a dtype it does not know
     if cfg['out']:
         common.check_writable_file(cfg['out'], 'out')
@@ -270,6 +277,9 @@ def check_config(cfg):
 
 def main(cfg):
     check_config(cfg)
+    # steps=0 and grid='auto': the sampler's own defaults (DEFAULT_STEPS; log-SNR for dpm2m, else uniform)
+    cfg = dict(cfg, steps=cfg['steps'] or DEFAULT_STEPS[cfg['sampler']],
+               grid=cfg['grid'] if cfg['grid'] != 'auto' else 'logsnr' if cfg['sampler'] == 'dpm2m' else 'uniform')
     env = common.setup(cfg['device'], cfg['seed'])
     if cfg['roundtrip']:
         return roundtrip(cfg, env)
