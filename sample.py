@@ -269,7 +269,7 @@ def check_config(cfg):
     if cfg['sampler'] not in SAMPLERS:
         common.die(f"sampler must be one of {', '.join(SAMPLERS)}, not '{cfg['sampler']}'")
     if cfg['grid'] not in GRIDS + ('auto',):
-        common.die(f"grid must be one of {', '.join(GRIDS)}, auto, not '{cfg['grid']}'")
+        common.die(f"grid must be one of {', '.join(GRIDS + ('auto',))}, not '{cfg['grid']}'")
     common.autocast('cpu', cfg['dtype'])  # refuses a dtype it does not know
     if cfg['out']:
         common.check_writable_file(cfg['out'], 'out')
