@@ -1,7 +1,8 @@
 """
 Generate text from a trained diffusion checkpoint (its EMA weights) and the autoencoder it was trained on.
 
-    python sample.py --ckpt=out/tiny_diff/ckpt.pt                          # 8 texts to stdout
+    python sample.py --ckpt=out/tiny_diff/ckpt.pt                          # 8 texts to stdout (20 dpm2m steps)
+    python sample.py --ckpt=out/tiny_diff/ckpt.pt --sampler=ddim           # the paper's 200 uniform Euler steps
     python sample.py --ckpt=out/diff/ckpt.pt --num_samples=1000 --num_seeds=10 --out=samples.jsonl
     python sample.py --ckpt=out/tiny_cond/ckpt.pt --sources=pairs.jsonl --out=generations.jsonl --guidance=1.5
     echo "tom found a red ball in the park. he gave it to anna. anna was happy." | python sample.py --ckpt=out/tiny_cond/ckpt.pt --sources=-
