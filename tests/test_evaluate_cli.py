@@ -92,6 +92,15 @@ def test_every_diagnostic_writes_json_and_png(run, tmp_path):
     assert rob['mse'][0] == 0.0 and rob['same_text'][0] == 1.0  # no injection, the same seed: the same run
     recon = json.loads((out / 'reconstruction.json').read_text())
     assert 0.0 <= recon['exact_match'] <= recon['token_acc'] <= 1.0
+    # steps: every sampler@grid of the default series, each quantity per seed (3 seeds) and as mean and std
+    st = json.loads((out / 'steps.json').read_text())
+    assert st['series'] == ['ddim@uniform', 'ancestral@uniform', 'heun@uniform', 'dpm2m@uniform', 'dpm2m@logsnr']
+    for name in ('ddim', 'dpm2m@logsnr'):
+        assert [len(v) for v in st[name]['mauve_per_seed']] == [3, 3] and len(st[name]['quality_std']) == 2
+        assert all(0.0 <= m <= 1.0 for m in st[name]['mauve'])
+        assert st[name]['quality'][0] == sum(st[name]['quality_per_seed'][0]) / 3
+    with pytest.raises(SystemExit, match="steps_samplers: 'euler' is not SAMPLER or SAMPLER@GRID"):
+        evaluate.main(cfg(mode='diagnostics', ckpt=run['diff'], steps_samplers='ddim,euler', out=str(tmp_path / 'x')))
 
 
 def test_diagnostics_without_ppl_model_and_autoencoder_only(run, tmp_path):
