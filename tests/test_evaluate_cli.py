@@ -98,7 +98,7 @@ def test_every_diagnostic_writes_json_and_png(run, tmp_path):
     for name in ('ddim', 'dpm2m@logsnr'):
         assert [len(v) for v in st[name]['mauve_per_seed']] == [3, 3] and len(st[name]['quality_std']) == 2
         assert all(0.0 <= m <= 1.0 for m in st[name]['mauve'])
-        assert st[name]['quality'][0] == sum(st[name]['quality_per_seed'][0]) / 3
+        assert st[name]['quality'][0] == pytest.approx(sum(st[name]['quality_per_seed'][0]) / 3)
     with pytest.raises(SystemExit, match="steps_samplers: 'euler' is not SAMPLER or SAMPLER@GRID"):
         evaluate.main(cfg(mode='diagnostics', ckpt=run['diff'], steps_samplers='ddim,euler', out=str(tmp_path / 'x')))
 
