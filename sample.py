@@ -1,8 +1,8 @@
 """
 Generate text from a trained diffusion checkpoint (its EMA weights) and the autoencoder it was trained on.
 
-    python sample.py --ckpt=out/tiny_diff/ckpt.pt                          # 8 texts to stdout (20 dpm2m steps)
-    python sample.py --ckpt=out/tiny_diff/ckpt.pt --sampler=ddim           # the paper's 200 uniform Euler steps
+    python sample.py --ckpt=out/tiny_diff/ckpt.pt                          # 8 texts to stdout (10 Euler steps)
+    python sample.py --ckpt=out/tiny_diff/ckpt.pt --steps=200              # the paper's 200 uniform Euler steps
     python sample.py --ckpt=out/diff/ckpt.pt --num_samples=1000 --num_seeds=10 --out=samples.jsonl
     python sample.py --ckpt=out/tiny_cond/ckpt.pt --sources=pairs.jsonl --out=generations.jsonl --guidance=1.5
     echo "tom found a red ball in the park. he gave it to anna. anna was happy." | python sample.py --ckpt=out/tiny_cond/ckpt.pt --sources=-
@@ -41,20 +41,17 @@ from corpus import is_valid_story
 from diffusion import GRIDS, SAMPLERS, end_marker, sample_blocks
 from pipeline import encode_texts, generate, load_pipeline
 
-DEFAULT_STEPS = dict(ddim=200, ancestral=200, heun=200, dpm2m=20)  # steps=0; the paper: 200 Euler steps
-
 config = dict(
     ckpt='out/diff/ckpt.pt',     # diffusion checkpoint
     ae_ckpt='',                  # autoencoder checkpoint; '' = the path recorded in the diffusion checkpoint
     num_samples=8,               # texts per seed (unconditional models)
     num_seeds=1,                 # seeds seed .. seed + num_seeds - 1, each written with its rows
-    sampler='dpm2m',             # 'dpm2m' (DPM-Solver++(2M), second order, one pass a step: as good in 20 steps as
-                                 # 200 Euler steps on the tiny model, README), 'ddim' (Euler on the probability-flow
-                                 # ODE: the paper's; --sampler=ddim alone is the paper's 200 uniform steps),
-                                 # 'ancestral' (reverse SDE), 'heun'
-    steps=0,                     # steps from t = 1 to t_min; 0 = the sampler's default (DEFAULT_STEPS)
-    grid='auto',                 # time grid: 'uniform' in t (the paper's), 'logsnr' (uniform in log-SNR), or 'auto'
-                                 # (logsnr for dpm2m, uniform for the others)
+    sampler='ddim',              # 'ddim' (Euler on the probability-flow ODE, the paper's), 'ancestral' (reverse SDE),
+                                 # 'heun', 'dpm2m' (DPM-Solver++(2M), second order, one pass a step)
+    steps=10,                    # steps from t = 1 to t_min. 10, not the paper's 200 (--steps=200): on the tiny
+                                 # model 10 Euler steps gave more valid stories (35.8% against 15.8%) at the same
+                                 # MAUVE, 20x faster (README, "Few-step sampling")
+    grid='uniform',              # time grid: 'uniform' in t (the paper's) or 'logsnr' (uniform in log-SNR)
     seed=0,                      # the first seed
     batch_size=64,               # texts per sampler batch (and sources per encoder batch)
     out='',                      # also write JSONL: {"text", "seed", ...}; conditional: {"source", "target", "generation", ...}
@@ -263,14 +260,13 @@ def long_text(denoiser, ae, ckpt, cfg, env, ctx):
 
 def check_config(cfg):
     """Every value checked, and the output file's folder, before anything is loaded or generated."""
-    common.at_least(cfg, 1, 'num_samples', 'num_seeds', 'batch_size')
-    common.at_least(cfg, 0, 'steps')  # 0: the sampler's default (DEFAULT_STEPS)
+    common.at_least(cfg, 1, 'num_samples', 'num_seeds', 'steps', 'batch_size')  # steps=0: the mean latent
     common.at_least(cfg, 1, 'n_blocks', 'prompt_blocks')
     common.require(cfg, 'guidance', lambda v: v >= 0, ">= 0 (1 = plain conditional)")
     if cfg['sampler'] not in SAMPLERS:
         common.die(f"sampler must be one of {', '.join(SAMPLERS)}, not '{cfg['sampler']}'")
-    if cfg['grid'] not in GRIDS + ('auto',):
-        common.die(f"grid must be one of {', '.join(GRIDS + ('auto',))}, not '{cfg['grid']}'")
+    if cfg['grid'] not in GRIDS:
+        common.die(f"grid must be one of {', '.join(GRIDS)}, not '{cfg['grid']}'")
     common.autocast('cpu', cfg['dtype'])  # refuses a dtype it does not know
     if cfg['out']:
         common.check_writable_file(cfg['out'], 'out')
@@ -278,9 +274,6 @@ def check_config(cfg):
 
 def main(cfg):
     check_config(cfg)
-    # steps=0 and grid='auto': the sampler's own defaults (DEFAULT_STEPS; log-SNR for dpm2m, else uniform)
-    cfg = dict(cfg, steps=cfg['steps'] or DEFAULT_STEPS[cfg['sampler']],
-               grid=cfg['grid'] if cfg['grid'] != 'auto' else 'logsnr' if cfg['sampler'] == 'dpm2m' else 'uniform')
     env = common.setup(cfg['device'], cfg['seed'])
     if cfg['roundtrip']:
         return roundtrip(cfg, env)

@@ -74,8 +74,8 @@ BAD = [
     ('train_diff', ['--sample_steps=0'], ['sample_steps=0']),
     ('train_diff', ['--dtype=float16'], ['GradScaler']),
     ('train_diff', ['--ae_ckpt={tmp}/none.pt'], ['none.pt', 'not found']),
-    ('sample', ['--steps=-1'], ['steps=-1', '>= 0']),  # 0: the sampler's default steps
-    ('sample', ['--grid=cosine'], ["grid must be one of uniform, logsnr, auto, not 'cosine'"]),
+    ('sample', ['--steps=0'], ['steps=0', '>= 1']),
+    ('sample', ['--grid=cosine'], ["grid must be one of uniform, logsnr, not 'cosine'"]),
     ('train_ae', ['--head_vocab=corpus'], ["head_vocab must be one of full, data, not 'corpus'"]),
     ('sample', ['--num_samples=-3'], ['num_samples=-3', '>= 1']),
     ('sample', ['--batch_size=0'], ['batch_size=0']),
@@ -114,7 +114,7 @@ def test_bad_input_from_the_command_line(tmp_path):
     # the same through the real entry point: exit status 1, one line on stderr, no traceback
     (tmp_path / 'broken.py').write_text("max_steps = 3\nlr = (1e-3\n")
     for args, words in ((['train_ae.py', str(tmp_path / 'broken.py')], 'line 2'),
-                        (['sample.py', '--steps=-1'], 'steps=-1')):
+                        (['sample.py', '--steps=0'], 'steps=0')):
         r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env_of(), capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr
