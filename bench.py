@@ -1,6 +1,7 @@
 """
 Time COSMOS on whatever device there is and print one table: sampling (each sampler, each N) and one
-training step of the denoiser and of the autoencoder: s/batch, samples/s, tokens/s, TFLOP/s, MFU, memory.
+training step of the denoiser and of the autoencoder, and the block model of long text (a training step over
+windows of K blocks, one cached block of sampling): s/batch, samples/s, tokens/s, TFLOP/s, MFU, memory.
 
     python bench.py                                        # CUDA: the paper's sizes; no CUDA: tiny sizes
     python bench.py --tiny=True                            # tiny sizes on any device (what the test runs)
@@ -11,6 +12,11 @@ decompressor, token head, argmax) at the paper's autoencoder size; ids -> string
 is NOT timed. Its MFU counts the denoiser's FLOPs only (the decode is timed, not counted: MFU reads a bit low).
 Training = one optimizer step on a micro-batch as train_diff.py / train_ae.py run it (forward, backward,
 clip, AdamW; EMA for the denoiser). Random states stand in for the frozen encoder, neither run nor counted.
+Block model (model.BlockDenoiser, --n_blocks=K; 0 skips it): 'train-blocks' is one optimizer step of
+diffusion.block_loss on block_batch_size windows of K blocks (batch = windows, tokens = windows x K x L);
+'sample-block' samples block K-1 of block_batch_size documents against a KV cache already holding K-1
+committed blocks: `steps` cached BlockDenoiser.step calls (w = 1, DDIM), the cost of each
+block of a long document (the prefill and the commit, one step each per block, are not timed).
 
 Results: NO GPU NUMBERS HAVE BEEN RECORDED YET. The session that wrote this file had no GPU; only the tiny
 CPU smoke test has run. Paste measured tables here (device, torch version, commit, flags), never estimates;
@@ -25,9 +31,10 @@ import torch
 
 import common
 from autoencoder import Autoencoder
-from diffusion import SAMPLERS, diffusion_loss, ema_update, sample
-from flops import ae_train_flops, diffusion_train_flops, peak_flops, sampling_flops
-from model import DENOISER_SIZES, Denoiser
+from diffusion import SAMPLERS, block_loss, diffusion_loss, ema_update, sample
+from flops import (ae_train_flops, block_step_flops, block_train_flops, diffusion_train_flops, peak_flops,
+                   sampling_flops)
+from model import DENOISER_SIZES, BlockDenoiser, Denoiser
 
 config = dict(
     device='auto',               # 'auto' (CUDA when there is one), 'cpu', 'cuda', 'cuda:1'
@@ -47,6 +54,9 @@ config = dict(
     # training: the micro-batches of train_diff.py and train_ae.py
     train_batch_size=256,        # the denoiser's training micro-batch
     ae_batch_size=64,            # the autoencoder's training micro-batch
+    # the block model of long text (config/long_wiki_n16.py: K = 8, 32 windows per GPU)
+    n_blocks=8,                  # K, blocks per training window and the sampled block's index + 1; 0 = skip
+    block_batch_size=32,         # windows per training step, documents per sampled block
     # system
     dtype='bfloat16',            # autocast dtype on CUDA; CPU runs stay fp32
     compile=True,                # torch.compile on CUDA (CPU stays eager: inductor there needs a C compiler)
@@ -59,7 +69,8 @@ config = dict(
 
 # Tiny sizes replace the defaults (flags still win) under --tiny=True or without CUDA.
 TINY = dict(batch_size=4, steps=3, n_latents='4', size='tiny', ae_dim=32, ae_layers=1, ae_head_dim=16,
-            max_len=16, vocab_size=1000, train_batch_size=4, ae_batch_size=4, warmup=1, repeats=2)
+            max_len=16, vocab_size=1000, train_batch_size=4, ae_batch_size=4, n_blocks=3, block_batch_size=2,
+            warmup=1, repeats=2)
 
 
 def get_config(argv):
@@ -111,12 +122,13 @@ def main(cfg):
     peak = cfg['peak_tflops'] * 1e12 or (peak_flops(name) if cuda else 0.0)
     rows = []
 
-    def bench(task, sampler, N, batch, fn, flops):
+    def bench(task, sampler, N, batch, fn, flops, tokens=None):
         print(f"timing {task} {sampler} N={N} batch={batch} ...", file=sys.stderr, flush=True)
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         secs = timeit(fn, cfg['warmup'], cfg['repeats'], env['device_type'])
         rows.append(dict(task=task, sampler=sampler, N=N, batch=batch, secs=secs, flops=flops,
+                         tokens=batch * L if tokens is None else tokens,
                          mem=f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f}" if cuda else '-'))
 
     for N in map(int, ns):
@@ -173,19 +185,54 @@ def main(cfg):
         bench('train-ae', '-', N, Ba, ae_step, ae_train_flops(ae_args, Ba))
         del raw, denoiser, ema, ae, decoder, model, opt  # free this N's memory before the next
 
+        K, Bb = cfg['n_blocks'], cfg['block_batch_size']
+        if K:  # the block model: one training step over windows of K blocks, one cached block of sampling
+            torch.compiler.reset()
+            torch.manual_seed(cfg['seed'])
+            raw = BlockDenoiser(n_latents=N, max_blocks=K, **size).to(device)
+            model, ema = compile(raw), copy.deepcopy(raw).requires_grad_(False)
+            opt, zb = common.make_optimizer(raw, 1e-4, (0.9, 0.98), 0.01), torch.randn(Bb, K, N, d, device=device)
+
+            def block_step():
+                with ctx:
+                    loss = block_loss(model, zb, 5.0, 1e-3, self_cond_prob=0.5, drop_prob=0.1)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                ema_update(ema, raw, 0.9999)
+            bench('train-blocks', '-', N, Bb, block_step, block_train_flops(size, Bb, N, K, 0.5), tokens=Bb * K * L)
+            del model, opt
+            # sampling stays eager (the cache's key length grows block by block: a compiled step would
+            # recompile at every index)
+            raw.eval()
+            caches, zero = [dict() for _ in raw.blocks], torch.zeros(Bb, device=device)
+            with torch.no_grad(), ctx:
+                for k in range(K - 1):  # prefill: K-1 committed blocks
+                    raw.step(torch.randn(Bb, N, d, device=device), zero, torch.zeros(Bb, N, d, device=device), k,
+                             caches, store=True)
+
+            @torch.no_grad()
+            def block_sample():
+                net = lambda z, t, sc, cond=None: raw.step(z, t, sc, K - 1, caches).float()
+                return sample(net, (Bb, N, d), steps, 5.0, 1e-3, 'ddim', device=device, autocast=ctx)
+            bench('sample-block', 'ddim', N, Bb, block_sample, steps * block_step_flops(size, Bb, N, K - 1))
+            del raw, ema, caches
+
     peak_str = f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown (MFU '-')"
     print(f"\nbench.py | {name} | torch {torch.__version__} | {cfg['dtype'] if cuda else 'float32'} | compile="
           f"{cfg['compile_mode'] if use_compile else 'off'} | bf16 peak {peak_str}")
     print(f"sample: denoiser '{cfg['size']}', {steps} steps + decode to ids at L={L} (tokenizer not timed; MFU counts "
           f"the denoiser only) | train: one optimizer step per micro-batch | tokens = samples x L | median of "
-          f"{cfg['repeats']}")
-    print(f"{'task':<11}{'sampler':<10}{'N':>5}{'batch':>7}{'s/batch':>10}{'samples/s':>11}{'tokens/s':>11}"
+          f"{cfg['repeats']}" + (f" | blocks: K={cfg['n_blocks']}, train batch = windows (tokens x K), sample-block = "
+                                 f"block K-1 against a cache of K-1, {steps} steps" if cfg['n_blocks'] else ''))
+    print(f"{'task':<13}{'sampler':<10}{'N':>5}{'batch':>7}{'s/batch':>10}{'samples/s':>11}{'tokens/s':>11}"
           f"{'TFLOP/s':>9}{'MFU':>7}{'mem GiB':>9}")
     for r in rows:
         secs, batch, flops_s = r['secs'], r['batch'], r['flops'] / r['secs']
         mfu = f"{100 * flops_s / peak:.1f}%" if peak else '-'
-        print(f"{r['task']:<11}{r['sampler']:<10}{r['N']:>5}{batch:>7}{secs:>10.4f}{batch / secs:>11.1f}"
-              f"{batch * L / secs:>11.0f}{flops_s / 1e12:>9.3g}{mfu:>7}{r['mem']:>9}")
+        print(f"{r['task']:<13}{r['sampler']:<10}{r['N']:>5}{batch:>7}{secs:>10.4f}{batch / secs:>11.1f}"
+              f"{r['tokens'] / secs:>11.0f}{flops_s / 1e12:>9.3g}{mfu:>7}{r['mem']:>9}")
     common.teardown(env)
     return rows
 

@@ -74,3 +74,36 @@ def diffusion_train_flops(args, batch, self_cond_prob):
     if args.get('cond_layers'):
         return None
     return (4 if self_cond_prob > 0 else 3) * denoiser_flops(args, batch, args['n_latents'])
+
+
+# -----------------------------------------------------------------------------
+# the block model (model.BlockDenoiser, long text): the same layers over more positions. Differences from the
+# single-window count: the time embedding is per position (each block has its own t), and a masked attention
+# computes every query-key product (SDPA with a boolean mask skips none), so a training window of K blocks
+# costs a Denoiser pass over 2KN positions plus the per-position time path.
+
+
+def _per_position(args, keys):
+    c, D, n = args['latent_dim'], args['dim'], args['n_layers']
+    return n * (12 * D * D + 2 * keys * D + c * D) + (n // 2) * 2 * D * D + 2 * c * D
+
+
+def block_forward_flops(args, batch, n_latents, n_blocks):
+    """BlockDenoiser.forward on windows of K blocks of N latents: 2KN positions, each attending to all 2KN keys,
+    each with its own time embedding (time MLP 2 D^2 and time_proj D^2 before each of the n blocks)."""
+    P, D, n = 2 * n_blocks * n_latents, args['dim'], args['n_layers']
+    return 2 * batch * P * (_per_position(args, P) + (2 + n) * D * D)
+
+
+def block_train_flops(args, batch, n_latents, n_blocks, self_cond_prob):
+    """One training step of the block model (diffusion.block_loss): forward + backward (3x) plus the
+    self-conditioning pass without grad (1x) when self_cond_prob > 0, over the whole batch."""
+    return (4 if self_cond_prob > 0 else 3) * block_forward_flops(args, batch, n_latents, n_blocks)
+
+
+def block_step_flops(args, batch, n_latents, k):
+    """BlockDenoiser.step at block index k: N queries against the N new keys and the k N cached ones, time
+    MLP once per example, time_proj per position. A sampled block is `steps` of these (twice with guidance
+    w != 1, the null pass without the cached keys), plus one to commit it."""
+    N, D, n = n_latents, args['dim'], args['n_layers']
+    return 2 * batch * (N * (_per_position(args, (k + 1) * N) + n * D * D) + 2 * D * D)

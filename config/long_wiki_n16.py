@@ -9,10 +9,11 @@
 # article consecutive); a block is a row. The latent cache of all of Wikipedia (~45M rows x 16 x 768 fp16,
 # ~1.1 TB) will not fit most disks: hence cache_latents = False, each batch encoded on the fly (about doubles
 # the FLOPs of a step); prepare a smaller source to cache it. Nothing here has been run or timed.
-# FLOPs (torch.utils.flop_counter, matrix products and attention only, counted on the CPU 2026-11-26): a training
-# step costs 218.0 GFLOP per window (self-conditioning pass + forward + backward over 2 x 8 x 16 positions), so
-# 55.8 TFLOP per step of 256 windows; one cached sampling step at block 7 costs 3.44 GFLOP, so a 1,024-token
-# document (8 blocks x 200 steps, w = 1) about 5.5 TFLOP, about twice that with guidance (w != 1).
+# FLOPs (flops.block_train_flops / block_step_flops, which tests/test_bench.py checks against torch.utils.flop_counter;
+# matrix products and attention, training as 3x forward + the self-conditioning pass): a training step costs
+# 231.9 GFLOP per window (2 x 8 x 16 positions), so 59.4 TFLOP per step of 256 windows; one cached sampling step
+# at block 7 costs 3.51 GFLOP, so a 1,024-token document (8 blocks x (200 steps + commit), w = 1) about 5.6 TFLOP,
+# about twice that with guidance (w != 1). python bench.py times both on a GPU (train-blocks, sample-block).
 out_dir = 'out/long_wiki_n16'
 ae_ckpt = 'out/ae_wiki_n16/ckpt.pt'
 task = 'blocks'

@@ -14,7 +14,7 @@ import bench
 import flops
 from autoencoder import Autoencoder
 from diffusion import SAMPLERS
-from model import DENOISER_SIZES, Denoiser
+from model import DENOISER_SIZES, BlockDenoiser, Denoiser
 
 
 def test_bench_runs_on_cpu_and_prints_its_table(capsys):
@@ -26,10 +26,16 @@ def test_bench_runs_on_cpu_and_prints_its_table(capsys):
     header = next(i for i, line in enumerate(out) if line.split()[:4] == ['task', 'sampler', 'N', 'batch'])
     assert 'MFU' in out[header] and 'cpu' in out[header - 2]  # the device name is in the table's title
     table = out[header + 1:]
-    assert len(table) == len(SAMPLERS) + 2 == len(rows)  # the table is the last thing printed
+    assert len(table) == len(SAMPLERS) + 4 == len(rows)  # the table is the last thing printed
     for sampler in SAMPLERS:
         assert any(re.match(rf"sample\s+{sampler}\s+4\s+4\s", line) for line in table), sampler
     assert any(line.startswith('train-diff') for line in table) and any(line.startswith('train-ae') for line in table)
+    # the block model: a training step over windows of K = 3 blocks (tokens = windows x K x L), a cached block
+    blocks = {r['task']: r for r in rows if 'block' in r['task']}
+    assert set(blocks) == {'train-blocks', 'sample-block'} and blocks['train-blocks']['tokens'] == 2 * 3 * 16
+    assert blocks['sample-block']['tokens'] == 2 * 16 and blocks['sample-block']['batch'] == 2
+    assert len([line for line in table if 'block' in line]) == 2
+    assert len(bench.main(dict(cfg, n_blocks=0))) == len(SAMPLERS) + 2  # n_blocks=0 skips the block model
     for line in table:
         assert line.split()[-2:] == ['-', '-']  # CPU: no known peak (MFU '-') and no CUDA memory stats
         assert float(line.split()[4]) > 0
@@ -83,6 +89,29 @@ def test_flop_formulas_at_the_paper_sizes():
         with FlopCounterMode(display=False) as counter:
             ae.logits(ae.decompress(ae.compress(h, mask)))
         assert 3 * counter.get_total_flops() == flops.ae_train_flops(ae_args, B)
+
+
+def test_block_flops_match_the_flop_counter():
+    """The block model: a training window's forward over 2KN positions (per-position time, every masked
+    product computed) and a cached step at block k, counted by torch's FLOP counter, at 'base' on the meta device
+    (config/long_wiki_n16.py's K = 8, N = 16) and at a small size with real tensors for the step's cache."""
+    B, K, N, c = 2, 8, 16, 768
+    args = dict(latent_dim=c, **DENOISER_SIZES['base'])
+    with torch.device('meta'), sdpa_kernel(SDPBackend.MATH):
+        model, z = BlockDenoiser(n_latents=N, max_blocks=K, **args), torch.randn(B, K, N, c)
+        with FlopCounterMode(display=False) as counter:
+            model(z, z, torch.rand(B, K), z)
+        assert counter.get_total_flops() == flops.block_forward_flops(args, B, N, K)
+    assert flops.block_train_flops(args, B, N, K, 0.5) == 4 * flops.block_forward_flops(args, B, N, K)
+    args = dict(latent_dim=4, dim=8, n_layers=3, n_heads=2)
+    model, N = BlockDenoiser(n_latents=3, max_blocks=4, **args).eval(), 3
+    caches, z, zero = [dict() for _ in model.blocks], torch.randn(B, N, 4), torch.zeros(B)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        for k in range(4):
+            with FlopCounterMode(display=False) as counter:
+                model.step(z, zero, z, k, caches, store=True)  # block k against the k blocks before it
+            assert counter.get_total_flops() == flops.block_step_flops(args, B, N, k), k
+    assert flops.block_step_flops(args, B, N, 3) > flops.block_step_flops(args, B, N, 0)
 
 
 def _random_denoiser(device, **size):
