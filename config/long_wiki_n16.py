@@ -3,8 +3,15 @@
 #   python data/prepare.py --data=hf:wikimedia/wikipedia:20231101.en --out_dir=data/wiki_l128 \
 #       --encoder=bert-base-uncased --max_len=128 --val_size=50000 --num_proc=32    # the autoencoder's rows
 #   torchrun --standalone --nproc_per_node=8 train_diff.py config/long_wiki_n16.py
-#   python sample.py --ckpt=out/long_wiki_n16/ckpt.pt --prompts=prompts.txt --n_blocks=6 --out=cont.jsonl
-#   python eval_long.py --samples=cont.jsonl --stories=False
+#   # held-out articles: the first 2 chunks as the prompt, 6 blocks continued, the rest as the reference, 3 seeds;
+#   # the same prompts with the prefix dropped (w = 0), and independent windows of a single-window model on the
+#   # same autoencoder (config/diff_roc_n16.py's), then one table (GPT-2-large for MAUVE features and ppl@k)
+#   python sample.py --ckpt=out/long_wiki_n16/ckpt.pt --prompts=data/wiki_l128 --prompt_blocks=2 --n_blocks=6 \
+#       --num_samples=1000 --num_seeds=3 --out=out/long_wiki_n16/cont.jsonl       # + --guidance=0: cont_w0.jsonl
+#   python sample.py --ckpt=out/diff_roc_n16/ckpt.pt --prompts=data/wiki_l128 --prompt_blocks=2 --n_blocks=6 \
+#       --num_samples=1000 --num_seeds=3 --out=out/long_wiki_n16/windows.jsonl
+#   python evaluate.py --mode=long --samples=out/long_wiki_n16/cont.jsonl,no-prefix=out/long_wiki_n16/cont_w0.jsonl,\
+#       windows=out/long_wiki_n16/windows.jsonl --mauve_features=lm --mauve_model=gpt2-large --ppl_model=gpt2-large
 # The same prepared rows as the autoencoder's data (articles chunked at sentence boundaries, rows of an
 # article consecutive); a block is a row. The latent cache of all of Wikipedia (~45M rows x 16 x 768 fp16,
 # ~1.1 TB) will not fit most disks: hence cache_latents = False, each batch encoded on the fly (about doubles
