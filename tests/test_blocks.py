@@ -399,16 +399,16 @@ def test_sample_continues_prompts_and_stops_at_the_end(story_ae, tmp_path, monke
     assert len(res['null']['per_seed']) == 2 and len(res['model']['per_seed']) == 1
     assert json.load(open(tmp_path / 'cont.long.json'))['systems']['null']['metrics']['link']['values'] == \
         res['null']['metrics']['link']['values']
-    # other prompts than the references' are refused in one line
-    from test_train import run
-    flags = ['--mode=long', '--ppl_model=', '--device=cpu', '--mauve_features=encoder',
-             f'--mauve_model={tiny_encoder_path}', '--mauve_max_len=64']
-    r = run(['evaluate.py', *flags, f'--samples={out},{tmp_path / "free.jsonl"}'])
-    assert r.returncode == 0, r.stderr[-1500:]  # free generation has no prompts: scored, without MAUVE
+    # free generation (no prompts) is scored beside, without MAUVE; other prompts than the references' are refused
+    long = dict(evaluate.config, mode='long', device='cpu', mauve_features='encoder', mauve_model=tiny_encoder_path,
+                mauve_max_len=64, ppl_model='')
+    res = evaluate.main(dict(long, samples=f"{out},{tmp_path / 'free.jsonl'}"))
+    assert 'mauve' in res['cont']['metrics'] and 'mauve' not in res['free']['metrics']
     rows = [json.loads(l) for l in open(win)]
     (tmp_path / 'other.jsonl').write_text(''.join(json.dumps(dict(x, prompt_chunks=['x'])) + '\n' for x in rows))
-    r = run(['evaluate.py', *flags, f'--samples={out},{tmp_path / "other.jsonl"}'])
-    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: ") and 'other prompts' in r.stderr
+    with pytest.raises(SystemExit, match='other prompts'):
+        evaluate.main(dict(long, samples=f"{out},{tmp_path / 'other.jsonl'}"))
+    from test_train import run
     # a block model takes no sources
     r = run(['sample.py', f'--ckpt={tmp_path / "long" / "ckpt.pt"}', '--sources=x.txt', '--device=cpu'])
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: ") and 'block model' in r.stderr
