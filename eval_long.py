@@ -250,14 +250,19 @@ def run_long(cfg, env):
     return results
 
 
+def num(x):
+    """3 decimals, or 3 significant digits below 0.01 (Div of the template stories is ~1e-5, not 0)."""
+    return f"{x:.3f}" if x == 0 or abs(x) >= 0.01 else f"{x:.2e}"
+
+
 def print_table(results, made):
-    """One row per system, one column per metric: mean +- std over seeds ('-' for one seed)."""
+    """One row per system, one column per metric: mean +- std over seeds (the std left out for one seed)."""
     keys = list(dict.fromkeys(k for r in results.values() for k in r['metrics']))
+    cells = {name: [('' if k not in r['metrics'] else num(r['metrics'][k]['mean']) +
+                     (f" +- {num(r['metrics'][k]['std'])}" if len(r['per_seed']) > 1 else '')) for k in keys]
+             for name, r in results.items()}
+    width = [2 + max([len(k)] + [len(c[i]) for c in cells.values()]) for i, k in enumerate(keys)]
     print(' | '.join(f'{k} {v}' for k, v in made.items()))
-    print(f"{'system':<16}{'seeds':>6}" + ''.join(f"{k:>16}" for k in keys))
+    print(f"{'system':<16}{'seeds':>6}" + ''.join(f"{k:>{w}}" for k, w in zip(keys, width)))
     for name, r in results.items():
-        cells = []
-        for k in keys:
-            s = r['metrics'].get(k)
-            cells.append('' if s is None else f"{s['mean']:.3f}" + (f" +- {s['std']:.3f}" if s['std'] == s['std'] else ''))
-        print(f"{name:<16}{len(r['per_seed']):>6}" + ''.join(f"{c:>16}" for c in cells))
+        print(f"{name:<16}{len(r['per_seed']):>6}" + ''.join(f"{c:>{w}}" for c, w in zip(cells[name], width)))
