@@ -112,6 +112,8 @@ def main(cfg):
     if cfg['size'] not in DENOISER_SIZES or not set(samplers) <= set(SAMPLERS) or not all(n.isdigit() for n in ns):
         common.die(f"size must be one of {', '.join(DENOISER_SIZES)}, samplers a subset of {','.join(SAMPLERS)}, "
                    f"n_latents integers like 16,32,128; got {cfg['size']!r}, {cfg['samplers']!r}, {cfg['n_latents']!r}")
+    common.at_least(cfg, 0, 'n_blocks')
+    common.at_least(cfg, 1, 'block_batch_size')
     d, L, B, steps = cfg['ae_dim'], cfg['max_len'], cfg['batch_size'], cfg['steps']
     size = dict(latent_dim=d, **DENOISER_SIZES[cfg['size']])
     use_compile, mode = cfg['compile'] and cuda, None if cfg['compile_mode'] == 'default' else cfg['compile_mode']

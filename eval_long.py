@@ -158,7 +158,8 @@ def run_long(cfg, env):
     if not cfg['samples']:
         common.die("mode=long needs samples=PATH[,NAME=PATH...], JSONL that sample.py wrote from a block model "
                    "(and its baselines)")
-    systems = {}                                                              # name -> {seed: rows}
+    common.at_least(cfg, 1, 'ppl_context')
+    systems = {}                                                              # name -> (path, {seed: rows})
     for name, path in systems_of(cfg['samples']):
         groups = read_samples(path, [])
         for rows in groups.values():
