@@ -227,7 +227,7 @@ def test_bad_input_ends_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, 'evaluate.py', '--mode=bogus'], cwd=ROOT, capture_output=True, text=True,
                           env=dict(os.environ, HF_HUB_OFFLINE='1'), timeout=120)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == ["error: unknown mode 'bogus' (use "
-                                                                         "generation, conditional, diagnostics)"]
+                                                                         "generation, conditional, diagnostics, long)"]
 
 
 def test_sample_several_seeds_then_score_over_seeds(run, tmp_path, capsys):
