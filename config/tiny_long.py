@@ -1,7 +1,8 @@
 # Long text on the CPU: a block model over the tiny autoencoder's latents (config/tiny_ae.py), trained on
 # documents of 4 chained stories (data='chained': story k+1's giver is story k's receiver, the object carries
 # over), prepared on first use into out_dir/data/ with one story a row (block), windows of 4 blocks with the
-# end marker between documents. Not yet timed on an idle machine.
+# end marker between documents. 31 min 29 s on this project's 2-core CPU (2026-11-26), loaded by other jobs
+# (load average 2.8-5.0; run under nice 19): not timed on an idle machine. Results: README, "Long text".
 out_dir = 'out/tiny_long'
 ae_ckpt = 'out/tiny_ae/ckpt.pt'
 task = 'blocks'
@@ -9,7 +10,7 @@ data = 'chained'
 n_blocks = 4
 n_stories = 16000                # 4,000 documents
 val_size = 1024                  # validation rows (stories): 256 documents
-size = 'mini'                    # 4 x 128: the design's prototype reached link accuracy 0.26-0.32 at 3,000 steps
+size = 'mini'                    # 4 x 128
 schedule_d = 5.0
 cond_drop = 0.1
 batch_size = 64
