@@ -1,8 +1,8 @@
 # Long text on the CPU: a block model over the tiny autoencoder's latents (config/tiny_ae.py), trained on
 # documents of 4 chained stories (data='chained': story k+1's giver is story k's receiver, the object carries
 # over), prepared on first use into out_dir/data/ with one story a row (block), windows of 4 blocks with the
-# end marker between documents. 31 min 29 s on this project's 2-core CPU (2026-11-26), loaded by other jobs
-# (load average 2.8-5.0; run under nice 19): not timed on an idle machine. Results: README, "Long text".
+# end marker between documents. 15 min 6 s on this project's 2-core CPU with nothing else running
+# (2026-11-26; 31 min 29 s earlier the same day on the loaded machine). Results: README, "Long text".
 out_dir = 'out/tiny_long'
 ae_ckpt = 'out/tiny_ae/ckpt.pt'
 task = 'blocks'
