@@ -415,16 +415,18 @@ def _pad_rows(tok, rows, max_len):
     return ids, lens
 
 
-def _in_order(pool, fn, batches, depth):
-    """pool.imap without its unbounded read-ahead: at most `depth` batches in flight, results in order."""
+def _in_order(pool, fn, items, depth):
+    """(key, fn(arg)) for each (key, arg) of items, in order: pool.imap without its unbounded read-ahead (at
+    most `depth` args in flight); the keys stay in this process."""
     pending = collections.deque()
-    for b in batches:
-        pending.append(pool.apply_async(fn, (b,)) if pool else b)
+    for key, arg in items:
+        pending.append((key, pool.apply_async(fn, (arg,)) if pool else arg))
         while len(pending) > depth or (pool is None and pending):
-            r = pending.popleft()
-            yield r.get() if pool else fn(r)
+            key, r = pending.popleft()
+            yield key, (r.get() if pool else fn(r))
     while pending:
-        yield pending.popleft().get()
+        key, r = pending.popleft()
+        yield key, r.get()
 
 
 def _batched(it, n):
@@ -534,13 +536,10 @@ def prepare(cfg, out_dir, encoder, tokenizer_path, num_proc=1, overwrite=False, 
             pool = multiprocessing.get_context('spawn').Pool(num_proc, _init_worker, (tokenizer_path, False))
         else:
             _init_worker(tokenizer_path)
-        batches = ((tags, (docs, cfg['max_len'], pairs, cfg['src_max_len']))
-                   for tags, docs in _tagged_batches(tagged, 256))
-        tags_q = collections.deque()
-        work = (tags_q.append(t) or job for t, job in batches)
+        jobs = ((tags, (docs, cfg['max_len'], pairs, cfg['src_max_len']))
+                for tags, docs in _tagged_batches(tagged, 256))
         bar = progress(unit=' docs', desc=f"prepare {cfg['data']}")
-        for r in _in_order(pool, _chunk_batch, work, 2 * num_proc):
-            tags = tags_q.popleft()
+        for tags, r in _in_order(pool, _chunk_batch, jobs, 2 * num_proc):
             rows_per_doc = np.ones(len(tags), np.int64) if pairs else r['doc_rows']
             dests, val_rows = [], writers['val'].counts['rows']
             for tag, k in zip(tags, rows_per_doc):                            # where each document goes
