@@ -314,9 +314,18 @@ def epoch_permutation(n, seed, epoch):
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
 
 
-def lr_at(step, lr, warmup):
-    """Linear warm-up over `warmup` steps, then constant (Table 7)."""
-    return lr * min(1.0, (step + 1) / max(1, warmup))
+def lr_at(step, lr, warmup, min_lr=None, max_steps=0):
+    """
+    Linear warm-up over `warmup` steps, then constant (Table 7: the paper's schedule, min_lr=None). With a
+    min_lr, a cosine decay from lr at the end of the warm-up to min_lr at max_steps (our option, not the
+    paper's: the tiny CPU configs use it, since a short run ends better annealed, README "Quickstart").
+    """
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if min_lr is None or max_steps <= warmup:
+        return lr
+    progress = min(1.0, (step - warmup) / (max_steps - warmup))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def make_optimizer(model, lr, betas, weight_decay):

@@ -71,7 +71,9 @@ config = dict(
     beta1=0.9,                   # AdamW beta1
     beta2=0.98,                  # AdamW beta2
     weight_decay=0.01,           # AdamW weight decay, on matrices only
-    warmup=1000,                 # linear warm-up steps, then constant
+    warmup=1000,                 # linear warm-up steps, then constant (the paper) or decay_lr
+    decay_lr=False,              # cosine decay to min_lr at max_steps after the warm-up (ours, not the paper's)
+    min_lr=0.0,                  # where decay_lr ends
     grad_clip=1.0,               # clip the global gradient norm to this
     # system
     device='auto',               # 'auto', 'cpu', 'cuda', 'cuda:1', ...
@@ -94,6 +96,7 @@ def check_config(cfg):
     # more latents than tokens would make the compressor an expander: not an autoencoder of the paper
     common.require(cfg, 'n_latents', lambda v: v <= cfg['max_len'], f"<= max_len={cfg['max_len']}")
     common.require(cfg, 'lr', lambda v: v > 0, "> 0")
+    common.require(cfg, 'min_lr', lambda v: 0 <= v <= cfg['lr'], "in [0, lr]")
     common.require(cfg, 'grad_clip', lambda v: v > 0, "> 0")
     common.in_unit(cfg, 'act_mask', 'latent_dropout', 'weight_decay')
     common.require(cfg, 'act_delta', lambda v: 0 < v <= 1, "in (0, 1] (1 = no noising)")
@@ -220,7 +223,8 @@ def main(cfg):
     t0, t_data = time.time(), 0.0  # t_data: time spent fetching rows (the share of a step that waits for data)
     while step < cfg['max_steps']:
         for group in optimizer.param_groups:
-            group['lr'] = common.lr_at(step, cfg['lr'], cfg['warmup'])
+            group['lr'] = common.lr_at(step, cfg['lr'], cfg['warmup'],
+                                        cfg['min_lr'] if cfg['decay_lr'] else None, cfg['max_steps'])
         sums = torch.zeros(5, device=device)  # loss, ce, mse, acc summed over this step's micro-batches
         for micro in range(accum):
             idx = common.batch_indices(step, micro, env['rank'], cfg['micro_batch_size'], accum,

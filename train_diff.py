@@ -101,7 +101,9 @@ config = dict(
     beta1=0.9,                   # AdamW beta1
     beta2=0.98,                  # AdamW beta2
     weight_decay=0.01,           # AdamW weight decay, on matrices only
-    warmup=1000,                 # linear warm-up steps, then constant
+    warmup=1000,                 # linear warm-up steps, then constant (the paper) or decay_lr
+    decay_lr=False,              # cosine decay to min_lr at max_steps after the warm-up (ours, not the paper's)
+    min_lr=0.0,                  # where decay_lr ends
     grad_clip=1.0,               # clip the global gradient norm to this
     # system
     device='auto',               # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1'
@@ -120,6 +122,7 @@ def check_config(cfg):
     common.require(cfg, 'schedule_d', lambda v: v > 0, "> 0")
     common.require(cfg, 't_min', lambda v: 0 < v < 1, "in (0, 1)")
     common.require(cfg, 'lr', lambda v: v > 0, "> 0")
+    common.require(cfg, 'min_lr', lambda v: 0 <= v <= cfg['lr'], "in [0, lr]")
     common.require(cfg, 'grad_clip', lambda v: v > 0, "> 0")
     common.in_unit(cfg, 'self_cond_prob', closed_right=True)
     common.in_unit(cfg, 'cond_drop', 'ema_decay', 'weight_decay', 'beta1', 'beta2')
@@ -425,7 +428,8 @@ def main(cfg):
     t0 = time.time()
     while step < cfg['max_steps']:
         for group in optimizer.param_groups:
-            group['lr'] = common.lr_at(step, cfg['lr'], cfg['warmup'])
+            group['lr'] = common.lr_at(step, cfg['lr'], cfg['warmup'],
+                                        cfg['min_lr'] if cfg['decay_lr'] else None, cfg['max_steps'])
         loss_sum = torch.zeros(1, device=device)  # this rank's micro-batch losses of this step
         for micro in range(accum):
             idx = common.batch_indices(step, micro, env['rank'], cfg['micro_batch_size'], accum,

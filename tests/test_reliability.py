@@ -72,6 +72,8 @@ BAD = [
     ('train_diff', ['--ema_decay=1.0'], ['ema_decay=1.0']),
     ('train_diff', ['--micro_batch_size=0'], ['micro_batch_size=0']),
     ('train_diff', ['--sample_steps=0'], ['sample_steps=0']),
+    ('train_diff', ['--decay_lr=True', '--min_lr=0.1'], ['min_lr=0.1', 'in [0, lr]']),
+    ('train_ae', ['--min_lr=-1e-5'], ['min_lr=-1e-05', 'in [0, lr]']),
     ('train_diff', ['--dtype=float16'], ['GradScaler']),
     ('train_diff', ['--ae_ckpt={tmp}/none.pt'], ['none.pt', 'not found']),
     ('sample', ['--steps=0'], ['steps=0', '>= 1']),

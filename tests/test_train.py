@@ -4,6 +4,7 @@ process, bad input ending in one line, NaN loss, and the tiny pipeline end to en
 tiny random encoder of conftest.py, so that each test takes seconds.
 """
 import json
+import math
 import os
 import re
 import subprocess
@@ -95,6 +96,17 @@ def test_head_over_the_data_vocabulary(tiny_encoder_path, tmp_path):
         train_ae.main(ae_cfg(tiny_encoder_path, tmp_path / 'a', init_from='resume', max_steps=9))
     with pytest.raises(SystemExit, match="head_vocab must be one of full, data"):
         train_ae.main(ae_cfg(tiny_encoder_path, tmp_path / 'b', head_vocab='corpus'))
+
+
+def test_lr_schedule_known_values():
+    # the paper's: linear warm-up, then constant
+    assert [common.lr_at(s, 1.0, 4) for s in (0, 1, 3, 4, 10 ** 6)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    assert common.lr_at(0, 1.0, 0) == 1.0
+    # decay_lr: the peak at the end of the warm-up, halfway at mid-decay, min_lr at max_steps and after, never rising
+    lr = lambda s: common.lr_at(s, 1.0, 10, 0.1, 110)
+    assert lr(4) == 0.5 and lr(9) == 1.0 and lr(10) == 1.0 and lr(500) == 0.1
+    assert math.isclose(lr(60), 0.55) and math.isclose(lr(110), 0.1)
+    assert all(lr(s + 1) <= lr(s) for s in range(9, 120))
 
 
 def test_diffusion_exact_resume(tiny_ae, tmp_path):
