@@ -207,7 +207,7 @@ def time_grid(steps, t_min, d, grid='uniform', device='cpu'):
 
 @torch.no_grad()
 def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=None, generator=None,
-           device='cpu', autocast=None, perturb=None, grid='uniform'):
+           device='cpu', autocast=None, perturb=None, grid='uniform', guide=None):
     """
     Generate normalised latents of `shape` (B, N, d) with `steps` steps from t = 1 down to t_min on the
     time grid `grid` (time_grid), starting from N(0, I) and carrying the self-conditioning estimate from
@@ -242,11 +242,19 @@ def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=No
     uses x0 = x0_c + (w - 1) (x0_c - x0_uncond), so w = 1 is plain conditional (and skips the null half)
     and w > 1 pushes away from the unconditional prediction.
 
+    Autoguidance (Karras et al. 2024, arXiv 2406.02507, "Guiding a diffusion model with a bad version of
+    itself"): with a `guide`, a weaker x0-predictor of the same data (train_diff.py keeps the EMA weights of an
+    early step, `guide_step`), guidance=w uses x0 = x0 + (w - 1) (x0 - x0_guide) instead of the null source:
+    it pushes away from what the weaker model gets wrong. The guide reads the same state and self-conditioning
+    estimate; w = 1 skips its pass. Our addition, not COSMOS's (README, "Quickstart").
+
     perturb(i, z) -> z, if given, may change the state before step i (evaluate.py injects noise mid-
     trajectory through it for the paper's Fig. 5); it draws no numbers from `generator`.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}' (use one of {', '.join(SAMPLERS)})")
+    if guide is not None and cond is not None:
+        raise ValueError("autoguidance (guide) is for unconditional models; a conditional one has its null source")
     ts = time_grid(steps, t_min, d, grid, device)
     ctx = autocast or nullcontext()
     B = shape[0]
@@ -254,8 +262,11 @@ def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=No
     def denoise(z, t, sc):
         tb = t.expand(B).contiguous()  # the stride training uses: a stride-0 view would recompile a compiled model
         with ctx:
-            if cond is None or guidance is None or guidance == 1:             # w = 1: no null pass needed
+            if guidance is None or guidance == 1 or (cond is None and guide is None):  # w = 1: no second pass
                 return model(z, tb, sc, cond).float()
+            if guide is not None:                                            # autoguidance
+                x0_c, x0_u = model(z, tb, sc).float(), guide(z, tb, sc).float()
+                return x0_c + (guidance - 1) * (x0_c - x0_u)
             drop = torch.arange(2 * B, device=device) >= B                   # second half: null source
             two = lambda x: torch.cat([x, x])
             x0_c, x0_u = model(two(z), two(tb), two(sc), two(cond), drop).float().chunk(2)

@@ -17,11 +17,12 @@ from corpus import is_valid_story
 from eval_common import (as_seen, check_model, read_samples, recorded, refuse_conditional, report, run_encoder,
                          run_of, texts_of)
 from metrics import diversity, length_stats, load_causal_lm, mauve_score, memorization, ngram_set, perplexity
-from pipeline import generate, load_pipeline
+from pipeline import generate, load_guide, load_pipeline
 
 
 def run_generation(cfg, env):
     from autoencoder import resolve_encoder
+    common.require(cfg, 'autoguidance', lambda v: v >= 0, ">= 0 (1 = off)")
     run, groups, encoder, max_len = None, None, None, None
     if cfg['samples']:                                                        # score a file of texts
         rows = read_samples(cfg['samples'], [cfg['text_field']])
@@ -38,10 +39,12 @@ def run_generation(cfg, env):
         denoiser, ae, ckpt = load_pipeline(cfg['ckpt'], cfg['ae_ckpt'], env['device'], cfg['use_ema'])
         refuse_conditional(denoiser, cfg['ckpt'])
         run, encoder, max_len = run_of(ckpt), ae.encoder, ae.args['max_len']
+        guide = load_guide(ckpt, env['device']) if cfg['autoguidance'] != 1 else None
         made = dict(ckpt=cfg['ckpt'], step=ckpt['step'], steps=cfg['steps'], sampler=cfg['sampler'],
-                    grid=cfg['grid'], ema=cfg['use_ema'])
+                    grid=cfg['grid'], ema=cfg['use_ema'], autoguidance=cfg['autoguidance'] if guide else 1.0)
         grid = '' if cfg['grid'] == 'uniform' else '_' + cfg['grid']
-        out = cfg['out'] or os.path.join(os.path.dirname(cfg['ckpt']), f"eval_{cfg['sampler']}{cfg['steps']}{grid}.json")
+        ag = f"_ag{cfg['autoguidance']:g}" if guide else ''
+        out = cfg['out'] or os.path.join(os.path.dirname(cfg['ckpt']), f"eval_{cfg['sampler']}{cfg['steps']}{grid}{ag}.json")
     else:
         common.die("mode=generation needs samples=PATH (a JSONL of texts) or ckpt=PATH (a diffusion checkpoint)")
     n_max = max(len(g) for g in groups.values()) if groups else cfg['num_samples']
@@ -66,7 +69,7 @@ def run_generation(cfg, env):
             groups[seed] = generate(denoiser, ae, cfg['num_samples'], cfg['steps'], d['schedule_d'], d['t_min'],
                                     cfg['sampler'], seed, cfg['batch_size'], env['device'],
                                     common.autocast(env['device_type'], cfg['dtype']), desc=f"sampling, seed {seed}",
-                                    grid=cfg['grid'])[0]
+                                    grid=cfg['grid'], guidance=cfg['autoguidance'] if guide else None, guide=guide)[0]
             seconds.append(time.time() - t0)
         # the texts too, with their seeds, so that --samples= scores them again without generating
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -34,6 +34,15 @@ def load_pipeline(ckpt_path, ae_ckpt='', device='cpu', use_ema=True):
     return denoiser.to(device).eval(), ae, ckpt
 
 
+def load_guide(ckpt, device='cpu'):
+    """The guide of autoguidance the checkpoint keeps (train_diff.py guide_step), or None."""
+    if 'guide' not in ckpt:
+        return None
+    guide = Denoiser(**ckpt['model_args'])
+    common.load_state(guide, ckpt['guide'], 'the guide of the diffusion checkpoint')
+    return guide.to(device).eval()
+
+
 @torch.no_grad()
 def encode_texts(ae, texts, max_len, batch_size=64, autocast=None, normalize=True, desc=None):
     """
@@ -54,11 +63,12 @@ def encode_texts(ae, texts, max_len, batch_size=64, autocast=None, normalize=Tru
 
 @torch.no_grad()
 def generate(denoiser, ae, n, steps, schedule_d, t_min, sampler='ddim', seed=0, batch_size=64,
-             device='cpu', autocast=None, cond=None, guidance=None, desc=None, grid='uniform'):
+             device='cpu', autocast=None, cond=None, guidance=None, desc=None, grid='uniform', guide=None):
     """
     n texts (and their latents, un-normalised) from the denoiser, decoded by the autoencoder. For a
     conditional denoiser, cond holds the n normalised source latents (n, Nc, d), one text per source.
     desc: the label of a progress bar over the batches (common.progress); None shows none.
+    guide (with guidance=w): autoguidance by that weaker model (diffusion.sample).
     """
     texts, latents = [], []
     generator = torch.Generator(device).manual_seed(seed)
@@ -67,7 +77,7 @@ def generate(denoiser, ae, n, steps, schedule_d, t_min, sampler='ddim', seed=0, 
         b = min(batch_size, n - i)
         c = None if cond is None else cond[i:i + b].to(device)
         z = sample(denoiser, (b, *shape), steps, schedule_d, t_min, sampler, cond=c, guidance=guidance,
-                   generator=generator, device=device, autocast=autocast, grid=grid)
+                   generator=generator, device=device, autocast=autocast, grid=grid, guide=guide)
         z = ae.denormalize_z(z)                                               # back to the autoencoder's space
         with autocast or nullcontext():                                       # decompressor + token head in bf16 on GPU
             texts += ae.decode(z)[1]

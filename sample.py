@@ -39,7 +39,7 @@ from autoencoder import load_autoencoder
 from corpus import Prepared, chunk_document, read_jsonl, read_lines
 from corpus import is_valid_story
 from diffusion import GRIDS, SAMPLERS, end_marker, sample_blocks
-from pipeline import encode_texts, generate, load_pipeline
+from pipeline import encode_texts, generate, load_guide, load_pipeline
 
 config = dict(
     ckpt='out/diff/ckpt.pt',     # diffusion checkpoint
@@ -58,6 +58,9 @@ config = dict(
     sources='',                  # conditional models: a .txt (one source a line), a .jsonl (source[, target]), or - for stdin
     guidance=1.0,                # classifier-free guidance weight w (1 = plain conditional; > 1 stronger;
                                  # block models: 0 = the null model, every block without its prefix)
+    autoguidance=2.0,            # w of autoguidance for unconditional models that keep a guide (train_diff.py
+                                 # guide_step): x0 + (w - 1)(x0 - x0_guide); 1 = off; models without a guide
+                                 # sample plainly (the last line says which). README, "Quickstart"
     # long text: block models (train_diff.py task='blocks')
     prompt='',                   # one prompt to continue
     prompts='',                  # prompts to continue: a .txt (one a line), a .jsonl ("prompt" field), - for stdin,
@@ -265,6 +268,7 @@ def check_config(cfg):
     common.at_least(cfg, 1, 'num_samples', 'num_seeds', 'steps', 'batch_size')  # steps=0: the mean latent
     common.at_least(cfg, 1, 'n_blocks', 'prompt_blocks')
     common.require(cfg, 'guidance', lambda v: v >= 0, ">= 0 (1 = plain conditional)")
+    common.require(cfg, 'autoguidance', lambda v: v >= 0, ">= 0 (1 = off)")
     if cfg['sampler'] not in SAMPLERS:
         common.die(f"sampler must be one of {', '.join(SAMPLERS)}, not '{cfg['sampler']}'")
     if cfg['grid'] not in GRIDS:
@@ -297,9 +301,15 @@ def main(cfg):
         guidance = cfg['guidance']
     elif cfg['sources']:
         common.die(f"'{cfg['ckpt']}' is an unconditional model: it takes no --sources")
+    guide = load_guide(ckpt, env['device']) if not denoiser.conditional and cfg['autoguidance'] != 1 else None
+    if guide is not None:
+        guidance = cfg['autoguidance']
+    how = ('' if denoiser.conditional else
+           f", autoguidance w={cfg['autoguidance']} by the EMA of step {ckpt['guide_step']}" if guide is not None
+           else ', no autoguidance (w=1)' if cfg['autoguidance'] == 1 else ', no autoguidance (the checkpoint keeps no guide)')
     n = len(rows) if rows is not None else cfg['num_samples']
     meta = dict(ckpt=cfg['ckpt'], step=ckpt['step'], steps=cfg['steps'], sampler=cfg['sampler'], grid=cfg['grid'],
-                ema=cfg['use_ema'])
+                ema=cfg['use_ema'], autoguidance=cfg['autoguidance'] if guide is not None else 1.0)
     # a model trained on the embedded story corpus has an exact checker: each printed sample is marked by it
     check = rows is None and trained_on_stories(ckpt)
     f = open(cfg['out'], 'w') if cfg['out'] else None
@@ -307,7 +317,7 @@ def main(cfg):
     for seed in range(cfg['seed'], cfg['seed'] + cfg['num_seeds']):
         texts, _ = generate(denoiser, ae, n, cfg['steps'], d['schedule_d'], d['t_min'], cfg['sampler'], seed,
                             cfg['batch_size'], env['device'], ctx, cond=cond, guidance=guidance,
-                            desc=f"seed {seed}", grid=cfg['grid'])
+                            desc=f"seed {seed}", grid=cfg['grid'], guide=guide)
         for text in texts:
             if check:
                 ok = is_valid_story(text)
@@ -322,8 +332,8 @@ def main(cfg):
             f.flush()  # a long run keeps every finished seed
     if f:
         f.close()
-    print(f"# {n} samples x {cfg['num_seeds']} seed(s), {cfg['steps']} {cfg['sampler']} steps ({cfg['grid']} grid), "
-          f"{time.time() - t0:.1f}s on {env['device']}" + (
+    print(f"# {n} samples x {cfg['num_seeds']} seed(s), {cfg['steps']} {cfg['sampler']} steps ({cfg['grid']} grid)"
+          f"{how}, {time.time() - t0:.1f}s on {env['device']}" + (
               f"; {n_valid} of {n * cfg['num_seeds']} are valid stories (corpus.is_valid_story)" if check else ''),
           file=sys.stderr)
 

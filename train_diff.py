@@ -92,6 +92,8 @@ config = dict(
     t_min=1e-3,                  # t ~ U(t_min, 1) in training; sampling ends at t_min
     self_cond_prob=0.5,          # share of examples trained with a self-conditioning estimate
     ema_decay=0.9999,            # EMA of the weights; samples come from the EMA model
+    guide_step=0,                # keep the EMA weights of this step as the guide of autoguidance at sampling (a
+                                 # weaker model of the same data; unconditional only; 0 = none; ours, not the paper's)
     sample_steps=200,            # Euler steps for the samples printed at evaluation
     # optimisation (Table 7)
     batch_size=1024,             # global batch, in latents, per optimizer step
@@ -132,6 +134,13 @@ def check_config(cfg):
         common.die(f"task must be 'unconditional', 'conditional' or 'blocks', not '{cfg['task']}'")
     if cfg['init_from'] not in ('scratch', 'resume', 'pretrained'):
         common.die(f"init_from must be 'scratch', 'resume' or 'pretrained', not '{cfg['init_from']}'")
+    common.at_least(cfg, 0, 'guide_step')
+    if cfg['guide_step'] and cfg['task'] != 'unconditional':
+        common.die(f"guide_step={cfg['guide_step']} is for unconditional models (autoguidance); a {cfg['task']} "
+                   f"model has its own guidance: set guide_step=0")
+    if cfg['guide_step'] >= cfg['max_steps'] > 0:
+        common.die(f"guide_step={cfg['guide_step']} must be below max_steps={cfg['max_steps']} (the guide is an "
+                   f"earlier, weaker state of the model)")
     common.autocast('cpu', cfg['dtype'])  # refuses a dtype it does not know
 
 
@@ -402,6 +411,8 @@ def main(cfg):
     ema = copy.deepcopy(raw).requires_grad_(False)
     if ckpt is not None:
         common.load_state(ema, ckpt['ema'], ckpt_path)
+    # autoguidance's guide: the EMA weights of step guide_step, taken once and kept in every later checkpoint
+    guide = ckpt.get('guide') if cfg['init_from'] == 'resume' else None
 
     def batch(idx):
         """(z0, source latent or None) of a micro-batch: from the cache, or encoded on the fly."""
@@ -420,6 +431,7 @@ def main(cfg):
         if master:
             common.save_checkpoint(dict(stage='diffusion', model_args=args, diffusion_args=diff_args,
                                         model=raw.state_dict(), ema=ema.state_dict(),
+                                        **(dict(guide=guide, guide_step=cfg['guide_step']) if guide else {}),
                                         optimizer=optimizer.state_dict(), step=step, config=cfg, rng=rng,
                                         autoencoder=ae_info, val_loss=val_loss, data_dir=data.folder,
                                         data=data.meta), ckpt_path)
@@ -450,6 +462,8 @@ def main(cfg):
         optimizer.zero_grad(set_to_none=True)
         ema_update(ema, raw, cfg['ema_decay'])
         step += 1
+        if step == cfg['guide_step']:
+            guide = {k: v.detach().clone() for k, v in ema.state_dict().items()}
 
         if step % cfg['log_interval'] == 0 or step == cfg['max_steps']:
             # the mean over every micro-batch of every rank (the global batch), the same on every rank

@@ -110,13 +110,23 @@ def test_lr_schedule_known_values():
 
 
 def test_diffusion_exact_resume(tiny_ae, tmp_path):
-    raw_a, ema_a = train_diff.main(diff_cfg(tiny_ae, tmp_path / 'a'))
-    train_diff.main(diff_cfg(tiny_ae, tmp_path / 'b', max_steps=3))
-    raw_b, ema_b = train_diff.main(diff_cfg(tiny_ae, tmp_path / 'b', init_from='resume'))
+    # with an autoguidance guide taken at step 2, before the stop at 3: the resumed run keeps it
+    raw_a, ema_a = train_diff.main(diff_cfg(tiny_ae, tmp_path / 'a', guide_step=2))
+    train_diff.main(diff_cfg(tiny_ae, tmp_path / 'b', max_steps=3, guide_step=2))
+    raw_b, ema_b = train_diff.main(diff_cfg(tiny_ae, tmp_path / 'b', init_from='resume', guide_step=2))
     assert logged_losses(tmp_path / 'a') == logged_losses(tmp_path / 'b')
     for m1, m2 in ((raw_a, raw_b), (ema_a, ema_b)):
         for k, v in m1.state_dict().items():
             assert torch.equal(v, m2.state_dict()[k]), k
+    guide_a = common.load_checkpoint(str(tmp_path / 'a' / 'ckpt.pt'), 'diffusion')
+    guide_b = common.load_checkpoint(str(tmp_path / 'b' / 'ckpt.pt'), 'diffusion')
+    assert guide_a['guide_step'] == guide_b['guide_step'] == 2
+    for k, v in guide_a['guide'].items():
+        assert torch.equal(v, guide_b['guide'][k]), k
+    # the guide is the EMA model of step 2, and not the final one
+    _, ema_2 = train_diff.main(diff_cfg(tiny_ae, tmp_path / 'c', max_steps=2))
+    assert all(torch.equal(v, guide_a['guide'][k]) for k, v in ema_2.state_dict().items())
+    assert not all(torch.equal(v, guide_a['guide'][k]) for k, v in ema_a.state_dict().items())
     # the latent cache was reused by the resumed run, not rebuilt: one memmap and one key per split
     assert len([f for f in os.listdir(tmp_path / 'b') if f.startswith('latents_')]) == 4
     assert open(tmp_path / 'b' / 'log.txt').read().count("latents 'train'") == 1
@@ -284,17 +294,19 @@ def test_end_to_end(tiny_encoder_path, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     r = run(['train_diff.py', f'--ae_ckpt={ae_dir / "ckpt.pt"}', '--size=tiny', '--batch_size=16',
              '--micro_batch_size=16', '--max_steps=4', '--eval_interval=4', '--eval_samples=1',
-             '--sample_steps=2', f'--out_dir={diff_dir}', *flags])
+             '--sample_steps=2', '--guide_step=2', f'--out_dir={diff_dir}', *flags])
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / 'samples.jsonl'
     r = run(['sample.py', f'--ckpt={diff_dir / "ckpt.pt"}', '--num_samples=3', '--steps=5', '--device=cpu',
              f'--out={out}'])
     assert r.returncode == 0, r.stderr[-2000:]
+    assert 'autoguidance w=2.0 by the EMA of step 2' in r.stderr.splitlines()[-1]
     printed = r.stdout.splitlines()  # trained on the stories: each line marked by the checker
     assert len(printed) == 3 and all(re.match(r'\[(valid|invalid)\] \S', t) for t in printed)
     texts = [t.split('] ', 1)[1] for t in printed]
     rows = [json.loads(l) for l in open(out)]
     assert [row['text'] for row in rows] == texts and rows[0]['steps'] == 5 and rows[0]['sampler'] == 'ddim'
+    assert rows[0]['autoguidance'] == 2.0
 
 
 def test_diffusion_without_latent_cache(tiny_ae, tmp_path):
