@@ -20,6 +20,13 @@ micro_batch_size = 16
 max_steps = 1500
 lr = 1e-3
 warmup = 100
+# A cosine decay to min_lr over the 1500 steps (decay_lr, our option; the paper's schedule is constant): with 40%
+# of the latent features dropped the loss is noisy step to step, and a constant-lr run ends wherever the noise
+# leaves it. Six 1500-step runs on a GPU (seeds 1337, 1, 2; fp32, 2026-11-26), held-out exact match without /
+# with the decay: 0.816 / 0.984, 0.934 / 0.898, 0.383 / 0.648; token accuracy 0.992 / 0.999, 0.996 / 0.996,
+# 0.958 / 0.983.
+decay_lr = True
+min_lr = 1e-4
 eval_interval = 500
 eval_size = 256
 log_interval = 50
