@@ -9,6 +9,8 @@ TEncDM's tan schedule, per-example self-conditioning, EMA, and a hand-written sa
     DDIM      z_s = sqrt(alpha_s) z0_hat + sqrt(1 - alpha_s) eps_hat  (probability-flow ODE step)
     ancestral z_s ~ q(z_s | z_t, z0_hat)                                (reverse-SDE step)
     DPM++(2M) z_s = (sigma_s / sigma_t) z_t + sqrt(alpha_s) (1 - e^-h) D,  D = x0_hat + (x0_hat - x0_prev) / (2r)
+    guidance  x0_hat = x0_hat + (w - 1)(x0_hat - x0_other): other = the null source (classifier-free, conditional)
+              or a weaker guide model (autoguidance, unconditional; ours)
 
 Long text (Cola DLM): block_loss, the same x0 loss on every block of a window with its own t, and
 sample_blocks, block by block with `sample` against a KV cache of the committed blocks.
