@@ -40,10 +40,11 @@ def run_generation(cfg, env):
         refuse_conditional(denoiser, cfg['ckpt'])
         run, encoder, max_len = run_of(ckpt), ae.encoder, ae.args['max_len']
         guide = load_guide(ckpt, env['device']) if cfg['autoguidance'] != 1 else None
+        w = cfg['autoguidance'] if guide else 1.0                             # w = 1: sample plainly
         made = dict(ckpt=cfg['ckpt'], step=ckpt['step'], steps=cfg['steps'], sampler=cfg['sampler'],
-                    grid=cfg['grid'], ema=cfg['use_ema'], autoguidance=cfg['autoguidance'] if guide else 1.0)
+                    grid=cfg['grid'], ema=cfg['use_ema'], autoguidance=w)
         grid = '' if cfg['grid'] == 'uniform' else '_' + cfg['grid']
-        ag = f"_ag{cfg['autoguidance']:g}" if guide else ''
+        ag = f"_ag{w:g}" if guide else ''
         out = cfg['out'] or os.path.join(os.path.dirname(cfg['ckpt']), f"eval_{cfg['sampler']}{cfg['steps']}{grid}{ag}.json")
     else:
         common.die("mode=generation needs samples=PATH (a JSONL of texts) or ckpt=PATH (a diffusion checkpoint)")
@@ -69,7 +70,7 @@ def run_generation(cfg, env):
             groups[seed] = generate(denoiser, ae, cfg['num_samples'], cfg['steps'], d['schedule_d'], d['t_min'],
                                     cfg['sampler'], seed, cfg['batch_size'], env['device'],
                                     common.autocast(env['device_type'], cfg['dtype']), desc=f"sampling, seed {seed}",
-                                    grid=cfg['grid'], guidance=cfg['autoguidance'] if guide else None, guide=guide)[0]
+                                    grid=cfg['grid'], guidance=w, guide=guide)[0]
             seconds.append(time.time() - t0)
         # the texts too, with their seeds, so that --samples= scores them again without generating
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -29,18 +29,19 @@ def load_pipeline(ckpt_path, ae_ckpt='', device='cpu', use_ema=True):
     if ae.fingerprint() != ckpt['autoencoder']['fingerprint']:
         common.die(f"autoencoder '{ae_path}' (fingerprint {ae.fingerprint()}) is not the one diffusion checkpoint "
                    f"'{ckpt_path}' was trained on (fingerprint {ckpt['autoencoder']['fingerprint']})")
-    denoiser = (BlockDenoiser if 'max_blocks' in ckpt['model_args'] else Denoiser)(**ckpt['model_args'])  # long text
-    common.load_state(denoiser, ckpt['ema' if use_ema else 'model'], ckpt_path)
-    return denoiser.to(device).eval(), ae, ckpt
+    return denoiser_of(ckpt, ckpt['ema' if use_ema else 'model'], ckpt_path, device), ae, ckpt
+
+
+def denoiser_of(ckpt, state, where, device):
+    """The denoiser a diffusion checkpoint describes (a block model for long text), holding `state`, in eval mode."""
+    denoiser = (BlockDenoiser if 'max_blocks' in ckpt['model_args'] else Denoiser)(**ckpt['model_args'])
+    common.load_state(denoiser, state, where)
+    return denoiser.to(device).eval()
 
 
 def load_guide(ckpt, device='cpu'):
     """The guide of autoguidance the checkpoint keeps (train_diff.py guide_step), or None."""
-    if 'guide' not in ckpt:
-        return None
-    guide = Denoiser(**ckpt['model_args'])
-    common.load_state(guide, ckpt['guide'], 'the guide of the diffusion checkpoint')
-    return guide.to(device).eval()
+    return denoiser_of(ckpt, ckpt['guide'], 'the guide of the diffusion checkpoint', device) if 'guide' in ckpt else None
 
 
 @torch.no_grad()

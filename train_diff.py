@@ -387,6 +387,11 @@ def main(cfg):
         if ckpt['model_args'] != args:
             common.die(f"the config's denoiser {args} differs from the checkpoint's {ckpt['model_args']}")
         step = ckpt['step']
+        kept = ckpt.get('guide_step', 0)  # the step of the autoguidance guide it keeps; 0: none (yet)
+        if kept != cfg['guide_step'] and not (kept == 0 and cfg['guide_step'] > step):  # else none would be taken
+            common.die(f"guide_step={cfg['guide_step']} does not match '{ckpt_path}' (step {step}), which keeps "
+                       + (f"the guide of step {kept}" if kept else "no guide")
+                       + ": resume with the guide_step it was trained with")
     raw = Model(**args).to(device)
     if cfg['init_from'] == 'pretrained':
         load_pretrained(raw, cfg['pretrained_ckpt'], ae_info['fingerprint'], log)

@@ -118,13 +118,19 @@ def test_diffusion_exact_resume(tiny_ae, tmp_path):
     for m1, m2 in ((raw_a, raw_b), (ema_a, ema_b)):
         for k, v in m1.state_dict().items():
             assert torch.equal(v, m2.state_dict()[k]), k
+    _, ema_2 = train_diff.main(diff_cfg(tiny_ae, tmp_path / 'c', max_steps=2))
+    # resuming with another guide_step, or one already passed without a guide, is refused in one line
+    for out, bad, words in (('b', 3, 'keeps the guide of step 2'), ('b', 0, 'keeps the guide of step 2'),
+                            ('c', 1, 'keeps no guide')):
+        with pytest.raises(SystemExit, match=words):
+            train_diff.main(diff_cfg(tiny_ae, tmp_path / out, init_from='resume', max_steps=8, guide_step=bad))
+        common.release_out_dir()
     guide_a = common.load_checkpoint(str(tmp_path / 'a' / 'ckpt.pt'), 'diffusion')
     guide_b = common.load_checkpoint(str(tmp_path / 'b' / 'ckpt.pt'), 'diffusion')
     assert guide_a['guide_step'] == guide_b['guide_step'] == 2
     for k, v in guide_a['guide'].items():
         assert torch.equal(v, guide_b['guide'][k]), k
     # the guide is the EMA model of step 2, and not the final one
-    _, ema_2 = train_diff.main(diff_cfg(tiny_ae, tmp_path / 'c', max_steps=2))
     assert all(torch.equal(v, guide_a['guide'][k]) for k, v in ema_2.state_dict().items())
     assert not all(torch.equal(v, guide_a['guide'][k]) for k, v in ema_a.state_dict().items())
     # the latent cache was reused by the resumed run, not rebuilt: one memmap and one key per split
