@@ -17,7 +17,7 @@ from diffusion import GRIDS, SAMPLERS, q_sample, sample
 from eval_common import as_seen as _as_seen
 from eval_common import check_model, floats, refuse_conditional, run_of, texts_of, write_json
 from metrics import bleu, diversity, load_causal_lm, perplexity, sentence_bleu
-from pipeline import load_pipeline
+from pipeline import load_guide, load_pipeline
 
 DIAGS = ('reconstruction', 'decoder_robustness', 'smoothness', 'diffusion_robustness', 'mismatch', 'steps')
 AE_ONLY = DIAGS[:2]              # the first two need only an autoencoder
@@ -206,21 +206,24 @@ def parse_series(spec):
 
 @torch.no_grad()
 def diag_steps(denoiser, ae, n, steps_grid, d, t_min, quality=None, quality_name='', seed=0, batch_size=64,
-               device='cpu', ctx=None, series=None, seeds=1, refs=None):
+               device='cpu', ctx=None, series=None, seeds=1, refs=None, guide=None, guidance=1.0):
     """
     Steps vs quality, for each (sampler, grid) of `series` (default: every sampler on the uniform grid), over
     `seeds` sampling seeds (seed, seed + 1, ...; n samples each): a quality score (valid stories or PPL, when
     there is one), MAUVE against `refs` (n held-out texts) on the autoencoder's own encoder features, Div, the
     train-inference mismatch, and the wall time of the sampling loop alone (decoding excluded; 'heun' makes
     2 * steps - 1 network passes, the others steps). Each quantity: the per-seed values, their mean and std.
+    guide, guidance: autoguidance as sample.py applies it (diffusion.sample; each pass then costs two network
+    calls); None / 1 = plain sampling.
     """
+    guidance = guidance if guide is not None else 1.0
     import mauve
     series = series or [(s, 'uniform') for s in SAMPLERS]
     q_features = encoder_features(ae, refs, batch_size, ctx) if refs else None
     out = dict(steps=list(steps_grid), n_samples=n, seeds=list(range(seed, seed + seeds)), quality_name=quality_name,
                mauve_name=f"MAUVE (mauve-text, auto buckets, k-means seed 25) on mean-pooled {ae.encoder.name} "
                           f"features against {len(refs or [])} held-out texts (their tokenizer round trip)",
-               series=[f'{s}@{g}' for s, g in series])
+               series=[f'{s}@{g}' for s, g in series], autoguidance=guidance)
     keys = ('seconds', 'quality', 'mauve', 'div', 'mismatch')
     for sampler, grid in common.progress(series, desc='steps: samplers', unit='sampler'):
         per = {k: [[] for _ in steps_grid] for k in keys}                      # [step index][seed]
@@ -228,7 +231,8 @@ def diag_steps(denoiser, ae, n, steps_grid, d, t_min, quality=None, quality_name
             for s in range(seed, seed + seeds):
                 t0 = time.time()
                 z = sample(denoiser, (n, ae.args['n_latents'], ae.args['dim']), steps, d, t_min, sampler,
-                           generator=torch.Generator(device).manual_seed(s), device=device, autocast=ctx, grid=grid)
+                           generator=torch.Generator(device).manual_seed(s), device=device, autocast=ctx, grid=grid,
+                           guide=guide if guidance != 1 else None, guidance=guidance if guidance != 1 else None)
                 z = z.cpu().to(device)  # .cpu() waits for the GPU, so the clock measures the work
                 per['seconds'][j].append(time.time() - t0)
                 texts = decode_latents(ae, z, batch_size, normalized=True)[1]
@@ -345,9 +349,13 @@ def run_diagnostics(cfg, env):
         else:  # steps
             x = [int(s) for s in floats(cfg, 'steps_grid')]
             refs = as_seen(ae, held_out)                                      # what a perfect decoder writes
+            # the sampler as sample.py runs it: autoguidance w when the checkpoint keeps a guide
+            guide = load_guide(ckpt, dev) if cfg['autoguidance'] != 1 else None
+            w = cfg['autoguidance'] if guide is not None else 1.0
             r = diag_steps(denoiser, ae, n, x, d, t_min, quality, quality_name, seed, bs, dev, ctx, series,
-                           cfg['steps_seeds'], refs)
-            xlabel, logx = f"sampling steps (mean over {cfg['steps_seeds']} seeds)", True
+                           cfg['steps_seeds'], refs, guide, w)
+            xlabel = f"sampling steps (mean over {cfg['steps_seeds']} seeds" + (f", autoguidance w = {w:g})" if w != 1 else ')')
+            logx = True
             labels = [s if g == 'uniform' else f'{s}@{g}' for s, g in series]
             panels = {label: {s: r[s][k] for s in labels} for k, label in (
                 ('quality', quality_name.split(' (')[0]), ('mauve', 'MAUVE (encoder features)'), ('div', 'Div'),

@@ -103,6 +103,33 @@ def test_every_diagnostic_writes_json_and_png(run, tmp_path):
         evaluate.main(cfg(mode='diagnostics', ckpt=run['diff'], steps_samplers='ddim,euler', out=str(tmp_path / 'x')))
 
 
+def test_steps_diagnostic_samples_with_the_guide_as_sample_py_does(run, monkeypatch):
+    # diag_steps with a guide draws exactly the latents of diffusion.sample(guide=, guidance=w) for each seed,
+    # and a guide that differs from the model changes them (so the guide is really used)
+    from diffusion import sample
+    from pipeline import denoiser_of, load_pipeline
+    denoiser, ae, ckpt = load_pipeline(run['diff'])
+    torch.manual_seed(3)
+    guide = denoiser_of(ckpt, {k: torch.randn_like(v) * 0.1 for k, v in ckpt['ema'].items()}, 'a guide', 'cpu')
+    d, t_min = ckpt['diffusion_args']['schedule_d'], ckpt['diffusion_args']['t_min']
+    seen = []
+    monkeypatch.setattr(eval_diagnostics, 'sample', lambda *a, **kw: seen.append(sample(*a, **kw)) or seen[-1])
+
+    def direct(seed, **kw):
+        shape = (4, ae.args['n_latents'], ae.args['dim'])
+        return sample(denoiser, shape, 3, d, t_min, 'ddim', generator=torch.Generator().manual_seed(seed), **kw)
+    r = eval_diagnostics.diag_steps(denoiser, ae, 4, [3], d, t_min, seed=7, seeds=2, series=[('ddim', 'uniform')],
+                                    guide=guide, guidance=2.0)
+    assert r['autoguidance'] == 2.0 and len(seen) == 2
+    torch.testing.assert_close(seen[0], direct(7, guide=guide, guidance=2.0))
+    torch.testing.assert_close(seen[1], direct(8, guide=guide, guidance=2.0))
+    assert (seen[0] - direct(7)).abs().max() > 1e-3
+    seen.clear()  # no guide: plain sampling, recorded as w = 1 whatever guidance says
+    r = eval_diagnostics.diag_steps(denoiser, ae, 4, [3], d, t_min, seed=7, series=[('ddim', 'uniform')], guidance=2.0)
+    assert r['autoguidance'] == 1.0
+    torch.testing.assert_close(seen[0], direct(7))
+
+
 def test_diagnostics_without_ppl_model_and_autoencoder_only(run, tmp_path):
     # no scorer LM on the story corpus: smoothness and steps score with the exact story checker
     evaluate.main(cfg(mode='diagnostics', ckpt=run['diff'], ppl_model='', diags='smoothness,reconstruction',
