@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import random
 
 import common
 from corpus import PREPARE_DEFAULTS, Prepared, documents, read_jsonl
@@ -50,20 +51,59 @@ def texts_of(spec, split, cfg, run, n=0):
     """(texts, a label saying which): the corpus `spec` if given (a prepared folder, whose rows are decoded, or a
     raw source, read as documents), else the rows of the prepared folder the run trained on, decoded by its
     tokenizer: the same round trip (casing, accents, spacing) that generated samples go through. n > 0: at
-    most the first n texts. A list: the train split of a paper-scale corpus does not belong here."""
-    if spec:
-        if os.path.isfile(os.path.join(spec, 'meta.json')):
-            return prepared_texts(spec, split, n), f"{spec} ({split})"
+    most the first n texts (and a raw 'stories' spec makes n). A list: for references and other small sets;
+    a training split goes through text_chunks."""
+    if spec and not os.path.isfile(os.path.join(spec, 'meta.json')):
         opts = dict(PREPARE_DEFAULTS, text_field=cfg['text_field'], seed=run['seed'] if run else 0)
-        stories = n or (run['n_stories'] if run else 20000)
-        docs = documents(spec, split, opts, n_stories=stories)
+        docs = documents(spec, split, opts, n_stories=n or (run['n_stories'] if run else 20000))
         return list(itertools.islice(docs, n or None)), f"{spec} ({split})"
+    chunks, name = text_chunks(spec, split, cfg, run, n)
+    return (None, None) if chunks is None else ([t for c in chunks for t in c], name)
+
+
+def text_chunks(spec, split, cfg, run, n=0, chunk=1024):
+    """(an iterator over lists of at most `chunk` texts, a label) for the texts of texts_of, read as they are
+    consumed: a paper-scale training split is never held at once. n > 0: at most the first n texts (the label
+    says so). (None, None) without a spec or a run."""
+    cap = f", the first {n:,}" if n else ''
+    if spec and not os.path.isfile(os.path.join(spec, 'meta.json')):
+        opts = dict(PREPARE_DEFAULTS, text_field=cfg['text_field'], seed=run['seed'] if run else 0)
+        docs = itertools.islice(documents(spec, split, opts, n_stories=run['n_stories'] if run else 20000), n or None)
+        first = list(itertools.islice(docs, chunk))  # read now: a bad source fails before any work
+        return itertools.chain([first] if first else [], iter(lambda: list(itertools.islice(docs, chunk)), [])), \
+            f"{spec} ({split}{cap})"
+    if spec:
+        return prepared_chunks(spec, split, n, chunk), f"{spec} ({split}{cap})"
     if run is None:
         return None, None
-    return prepared_texts(run['data_dir'], split, n), f"the run's {split} rows ({run['data_dir']})"
+    return prepared_chunks(run['data_dir'], split, n, chunk), f"the run's {split} rows ({run['data_dir']}{cap})"
+
+
+def sampled_texts(spec, split, cfg, run, size, seed, cap=0):
+    """random.Random(seed).sample of size(N) texts of the N a split holds (texts_of's spec and run), reading only
+    the rows drawn when the texts are a prepared folder's; a raw source draws from its first `cap` (0 = all)."""
+    folder = spec if spec and os.path.isfile(os.path.join(spec, 'meta.json')) else None if spec else run['data_dir']
+    if folder is None:
+        texts = texts_of(spec, split, cfg, run, cap)[0]
+        return [texts[i] for i in random.Random(seed).sample(range(len(texts)), size(len(texts)))]
+    from transformers import AutoTokenizer
+
+    from autoencoder import resolve_encoder
+    data = Prepared(folder)
+    tok = AutoTokenizer.from_pretrained(resolve_encoder(data.meta['encoder']))
+    rows = data.val if split == 'validation' else data.train
+    idx = random.Random(seed).sample(range(len(rows)), size(len(rows)))
+    ids, mask = rows.batch(idx)
+    return tok.batch_decode([r[1:m.sum() - 1] for r, m in zip(ids.tolist(), mask)], clean_up_tokenization_spaces=True)
 
 
 def prepared_texts(folder, split, n=0):
+    return [t for c in prepared_chunks(folder, split, n) for t in c]
+
+
+def prepared_chunks(folder, split, n=0, chunk=1024):
+    """The rows of a prepared folder's split decoded by its tokenizer, `chunk` at a time (the first n; 0 = all).
+    The folder and its tokenizer are opened now, so a bad one fails before any work; the rows as consumed."""
     from transformers import AutoTokenizer
 
     from autoencoder import resolve_encoder
@@ -71,12 +111,13 @@ def prepared_texts(folder, split, n=0):
     tok = AutoTokenizer.from_pretrained(resolve_encoder(data.meta['encoder']))
     rows = data.val if split == 'validation' else data.train
     n = min(n or len(rows), len(rows))
-    texts = []
-    for i in range(0, n, 1024):
-        ids, mask = rows.batch(range(i, min(i + 1024, n)))
-        texts += tok.batch_decode([r[1:m.sum() - 1] for r, m in zip(ids.tolist(), mask)],
-                                  clean_up_tokenization_spaces=True)
-    return texts
+
+    def decoded():
+        for i in range(0, n, chunk):
+            ids, mask = rows.batch(range(i, min(i + chunk, n)))
+            yield tok.batch_decode([r[1:m.sum() - 1] for r, m in zip(ids.tolist(), mask)],
+                                   clean_up_tokenization_spaces=True)
+    return decoded()
 
 
 def run_of(ckpt):

@@ -15,7 +15,7 @@ from autoencoder import load_autoencoder
 from corpus import is_valid_story
 from diffusion import GRIDS, SAMPLERS, q_sample, sample
 from eval_common import as_seen as _as_seen
-from eval_common import check_model, floats, refuse_conditional, run_of, texts_of, write_json
+from eval_common import check_model, floats, refuse_conditional, run_of, sampled_texts, texts_of, write_json
 from metrics import bleu, diversity, load_causal_lm, perplexity, sentence_bleu
 from pipeline import load_guide, load_pipeline
 
@@ -326,8 +326,8 @@ def run_diagnostics(cfg, env):
         elif name == 'smoothness':
             # endpoints from the training texts, as in the paper (Sec. 5.1: "two random texts from the training
             # corpus"): at mu = 0 and 1 the latents are ones both models were trained on
-            train, _ = texts_of(cfg['train_data'], 'train', cfg, run)
-            pairs = [train[i] for i in random.Random(seed).sample(range(len(train)), min(len(train), n) // 2 * 2)]
+            pairs = sampled_texts(cfg['train_data'], 'train', cfg, run, lambda N: min(N, n) // 2 * 2, seed,
+                                  cfg['mem_rows'])                              # only the rows drawn are read
             score = (lambda t, ends: quality(t)) if quality else (lambda t, ends: float(np.mean(
                 [max(sentence_bleu(x, a), sentence_bleu(x, b)) for x, (a, b) in zip(t, ends)])))
             scorer = quality_name if quality else 'mean sentence-BLEU to the nearer endpoint (the larger of the two)'

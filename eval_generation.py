@@ -15,8 +15,8 @@ import numpy as np
 import common
 from corpus import is_valid_story
 from eval_common import (as_seen, check_model, read_samples, recorded, refuse_conditional, report, run_encoder,
-                         run_of, texts_of)
-from metrics import diversity, length_stats, load_causal_lm, mauve_score, memorization, ngram_set, perplexity
+                         run_of, text_chunks, texts_of)
+from metrics import diversity, length_stats, load_causal_lm, mauve_score, memorization, ngram_index, perplexity
 from pipeline import generate, load_guide, load_pipeline
 
 
@@ -55,7 +55,7 @@ def run_generation(cfg, env):
     if len(refs) < n_max:
         common.die(f"{refs_name} holds {len(refs)} texts, fewer than the {n_max} samples of a seed "
                    f"(MAUVE compares sets of equal size)")
-    train, train_name = texts_of(cfg['train_data'], 'train', cfg, run)
+    train, train_name = text_chunks(cfg['train_data'], 'train', cfg, run, cfg['mem_rows'])  # read when indexed
     stories = 'stories' in (cfg['refs'], cfg['train_data'], run and run['data'])
     # every input is checked before any sampling: a bad one fails in one line, not after minutes of work
     feature_model = resolve_encoder(cfg['mauve_model']) if cfg['mauve_features'] == 'encoder' else cfg['mauve_model']
@@ -88,7 +88,8 @@ def run_generation(cfg, env):
     if train is not None:                                                     # once, not once per seed
         # the run's own rows come decoded from its prepared folder (texts_of): already the round trip
         fresh = encoder and cfg['train_data']
-        train_grams = ngram_set(as_seen(encoder, train, max_len, desc='Mem: training texts') if fresh else train)
+        chunks = (list(as_seen(encoder, c, max_len)) for c in train) if fresh else train
+        train_grams = ngram_index(common.progress(chunks, desc='Mem: training texts', unit='chunk'))
 
     per_seed = []
     for seed, texts in common.progress(groups.items(), desc='scoring seeds', unit='seed'):

@@ -43,8 +43,8 @@ import torch
 
 import common
 from corpus import chain_ok, is_valid_story
-from eval_common import check_model, read_samples, recorded, run_of, texts_of, write_json
-from metrics import diversity, load_causal_lm, mauve_score, memorization, ngram_set, seed_protocol
+from eval_common import check_model, read_samples, recorded, run_of, text_chunks, write_json
+from metrics import diversity, load_causal_lm, mauve_score, memorization, ngram_index, seed_protocol
 
 
 def ngrams(text, n=4):
@@ -197,8 +197,8 @@ def run_long(cfg, env):
             common.die(f"autoencoder checkpoint '{ae_path}' not found (pass --ae_ckpt=PATH for the reconstruction)")
     if cfg['ppl_model']:
         check_model(cfg['ppl_model'], 'ppl_model')
-    train, train_name = texts_of(cfg['train_data'], 'train', cfg, run)
-    train_grams = ngram_set(train) if train is not None else None
+    train, train_name = text_chunks(cfg['train_data'], 'train', cfg, run, cfg['mem_rows'])
+    train_grams = ngram_index(common.progress(train, desc='Mem: training texts', unit='chunk')) if train is not None else None
     if ref_rows is not None:
         systems['reference'] = (None, {0: [dict(r, blocks=r['reference'], ended=True) for r in ref_rows]})
         if ae_path:

@@ -42,6 +42,7 @@ config = dict(
     ae_ckpt='',                  # its autoencoder ('' = the recorded path); alone: autoencoder-only diagnostics
     refs='',                     # held-out texts (MAUVE's references), a corpus spec; '' = the run's validation
     train_data='',               # Mem's training texts, a corpus spec; '' = the run's training texts
+    mem_rows=1_000_000,          # Mem indexes the first mem_rows training texts (0 = all): 8 bytes a distinct 4-gram
     text_field='text',           # the text field of samples, refs and train_data
     out='',                      # the JSON (diagnostics: a folder); '' = beside the samples or the checkpoint
     # the paper's protocol (Sec. 6.1)
@@ -94,6 +95,7 @@ def main(cfg):
         common.die(f"grid must be one of {', '.join(GRIDS)}, not '{cfg['grid']}'")
     if cfg['mauve_features'] not in ('lm', 'encoder'):
         common.die(f"mauve_features must be 'lm' or 'encoder', not '{cfg['mauve_features']}'")
+    common.at_least(cfg, 0, 'mem_rows')
     env = common.setup(cfg['device'], cfg['seed'])
     return modes[cfg['mode']](cfg, env)
 

@@ -42,17 +42,35 @@ def diversity(texts):
     return div
 
 
-def ngram_set(texts, n=4):
-    """Every n-gram of words() in `texts`, as a set (build it once for Mem over several seeds)."""
-    return {g for t in texts for g in ngrams(words(t), n)}
+def ngram_hashes(texts, n=4):
+    """Python's 64-bit hash of every n-gram of words() in `texts`, repetitions kept, as an int64 array. Exact
+    within one process (the index and the samples are hashed by the same one); two distinct n-grams share a
+    hash with probability about 2^-64."""
+    return np.fromiter((hash(g) for t in texts for g in ngrams(words(t), n)), dtype=np.int64)
 
 
-def memorization(texts, train_texts, n=4):
+def ngram_index(chunks, n=4, merge_at=1 << 20):
+    """The distinct n-grams of texts that come in chunks (lists of texts), as a sorted int64 array of their
+    hashes: 8 bytes per distinct n-gram, built chunk by chunk, so the training texts are never all held at
+    once (a Python set of tuples would cost ~200 bytes an n-gram). Build it once for Mem over several seeds."""
+    index, parts, pending = np.empty(0, np.int64), [], 0
+    for texts in chunks:
+        parts.append(np.unique(ngram_hashes(texts, n)))
+        pending += parts[-1].size
+        if pending > max(index.size, merge_at):  # merge when the new parts outgrow the index: O(total log total)
+            index, parts, pending = np.unique(np.concatenate([index] + parts)), [], 0
+    return np.unique(np.concatenate([index] + parts))
+
+
+def memorization(texts, train, n=4):
     """Mem = share of generated n-grams (repetitions counted) that occur anywhere in the training texts
-    (`train_texts`, or their ngram_set, built once when Mem is scored for several seeds)."""
-    train_grams = train_texts if isinstance(train_texts, set) else ngram_set(train_texts, n)
-    grams = [g for t in texts for g in ngrams(words(t), n)]
-    return sum(g in train_grams for g in grams) / len(grams) if grams else 0.0
+    (`train`: the texts, or their ngram_index)."""
+    index = train if isinstance(train, np.ndarray) else ngram_index([train], n)
+    grams = ngram_hashes(texts, n)
+    if not grams.size or not index.size:
+        return 0.0
+    found = index[np.minimum(np.searchsorted(index, grams), index.size - 1)] == grams
+    return float(found.mean())
 
 # ---- conditional metrics: BLEU (sacrebleu), ROUGE (rouge-score), BERTScore (bert-score) ----
 

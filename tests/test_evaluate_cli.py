@@ -130,6 +130,29 @@ def test_steps_diagnostic_samples_with_the_guide_as_sample_py_does(run, monkeypa
     torch.testing.assert_close(seen[0], direct(7))
 
 
+def test_training_texts_are_read_in_chunks_and_sampled_by_row(run):
+    # Mem's training texts come in chunks (never all at once), the first n when capped; smoothness reads only the
+    # rows it draws, and draws the same texts as sampling from the whole decoded list would
+    from common import load_checkpoint
+    from eval_common import run_of, sampled_texts, text_chunks, texts_of
+    r = run_of(load_checkpoint(run['diff'], 'diffusion'))
+    cfg = dict(evaluate.config)
+    everything = texts_of('', 'train', cfg, r)[0]
+    chunks, name = text_chunks('', 'train', cfg, r, chunk=64)
+    sizes = [len(c) for c in chunks]
+    assert max(sizes) == 64 and sum(sizes) == len(everything) > 64 and 'first' not in name
+    chunks, name = text_chunks('', 'train', cfg, r, n=70, chunk=64)
+    assert [t for c in chunks for t in c] == everything[:70] and 'the first 70' in name
+    import random
+    size = lambda N: min(N, 9) // 2 * 2  # noqa: E731
+    expect = [everything[i] for i in random.Random(4).sample(range(len(everything)), 8)]
+    assert sampled_texts('', 'train', cfg, r, size, seed=4) == expect
+    assert sampled_texts('stories', 'train', cfg, r, size, seed=4, cap=50) == \
+        [texts_of('stories', 'train', cfg, r, 50)[0][i] for i in random.Random(4).sample(range(50), 8)]
+    with pytest.raises(SystemExit, match="no_such.txt"):  # a bad raw source fails when asked, not when read
+        text_chunks(os.path.join(str(run['root']), 'no_such.txt'), 'train', cfg, r)
+
+
 def test_diagnostics_without_ppl_model_and_autoencoder_only(run, tmp_path):
     # no scorer LM on the story corpus: smoothness and steps score with the exact story checker
     evaluate.main(cfg(mode='diagnostics', ckpt=run['diff'], ppl_model='', diags='smoothness,reconstruction',

@@ -48,6 +48,12 @@ def test_memorization_by_hand():
     gen = ["the cat sat on the mat", "The cat sat on the mat", "the cat sat on a rug", "a b c"]
     assert ev.memorization(gen, train) == pytest.approx(7 / 9)
     assert ev.memorization(["a b c"], train) == 0.0
+    # the same from an index built chunk by chunk (merge_at=1: a merge after every chunk), and from one chunk
+    index = ev.ngram_index([train[:1], train[1:], ["sat on the mat again"]], merge_at=1)
+    assert index.dtype == np.int64 and list(index) == sorted(set(index.tolist()))  # sorted, distinct
+    assert len(index) == 4 and np.array_equal(index, ev.ngram_index([train + ["sat on the mat again"]]))
+    assert ev.memorization(gen, index) == pytest.approx(7 / 9)
+    assert ev.memorization(gen, ev.ngram_index([])) == 0.0 and ev.memorization([], index) == 0.0
 
 
 def test_bleu_known_answers():
