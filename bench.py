@@ -6,6 +6,7 @@ windows of K blocks, one cached block of sampling): s/batch, samples/s, tokens/s
     python bench.py                                        # CUDA: the paper's sizes; no CUDA: tiny sizes
     python bench.py --tiny=True                            # tiny sizes on any device (what the test runs)
     python bench.py --n_latents=16,128 --samplers=ddim --compile_mode=max-autotune-no-cudagraphs
+    python bench.py --quickstart=True                      # README's quickstart line, timed stage by stage
 
 Sampling = diffusion.sample ('base' denoiser, batch 512) plus the decode to token ids (denormalise,
 decompressor, token head, argmax) at the paper's autoencoder size; ids -> strings (the tokenizer, CPU work)
@@ -18,9 +19,11 @@ diffusion.block_loss on block_batch_size windows of K blocks (batch = windows, t
 committed blocks: `steps` cached BlockDenoiser.step calls (w = 1, DDIM), the cost of each
 block of a long document (the prefill and the commit, one step each per block, are not timed).
 
-Results: NO GPU NUMBERS HAVE BEEN RECORDED YET. The session that wrote this file had no GPU; only the tiny
-CPU smoke test has run. Paste measured tables here (device, torch version, commit, flags), never estimates;
-the paper's A100 times to compare with are in docs/method.md ("Speed").
+Results (measured, never estimated; README "Speed" has them with the commands):
+  2026-11-26, one H200, torch 2.11.0+cu130, bf16, eager (--compile=False --n_latents=16,32,128 --samplers=ddim):
+  sample ddim 200 steps, batch 512: 2.02 s at N=16, 2.72 s at N=32, 9.18 s at N=128 (the paper's A100: 5.8 s
+  at N=16, 35.1 s at N=128). The compiled table is still to be measured.
+  The quickstart (--quickstart=True) on the 2-core development machine: README "Quickstart".
 """
 import copy
 import statistics
@@ -65,6 +68,11 @@ config = dict(
     repeats=3,                   # timed calls; the median is reported
     peak_tflops=0.0,             # the device's bf16 dense peak in TFLOP/s; 0 = look it up in flops.PEAK_FLOPS
     seed=1337,                   # seeds the random weights and inputs
+    # the quickstart as a benchmark figure: README's line (train_ae, train_diff, sample.py) timed stage by stage
+    quickstart=False,            # time the quickstart instead of the table above; exit 1 if over the budget
+    quickstart_configs='config/tiny_ae.py,config/tiny_diff.py',  # its autoencoder and diffusion configs
+    quickstart_budget=600.0,     # seconds the whole line may take (the README's promise: 10 minutes)
+    quickstart_dir='',           # where its models go ('' = a temporary folder, removed after; never out/)
 )
 
 # Tiny sizes replace the defaults (flags still win) under --tiny=True or without CUDA.
@@ -104,7 +112,59 @@ def timeit(fn, warmup, repeats, device_type):
     return statistics.median(times)
 
 
+def quickstart(cfg):
+    """
+    Run README's quickstart line (less the pip install) into fresh folders, each stage a subprocess as a user
+    runs it, and print the seconds of each stage and of the whole against the budget. The figure depends on
+    the machine and on what else runs on it: measure on an idle one.
+    """
+    import os
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+    root = os.path.dirname(os.path.abspath(__file__))
+    ae_cfg, diff_cfg = (os.path.abspath(c) for c in cfg['quickstart_configs'].split(','))
+    for c in (ae_cfg, diff_cfg):
+        if not os.path.isfile(c):
+            common.die(f"quickstart config '{c}' not found")
+    work = os.path.abspath(cfg['quickstart_dir']) if cfg['quickstart_dir'] else tempfile.mkdtemp(prefix='quickstart_')
+    if cfg['quickstart_dir'] and os.path.exists(work):
+        common.die(f"quickstart_dir '{work}' already exists: pass a new folder (nothing is ever overwritten)")
+    ae_ckpt, diff_ckpt = os.path.join(work, 'ae', 'ckpt.pt'), os.path.join(work, 'diff', 'ckpt.pt')
+    stages = [('train_ae', ['train_ae.py', ae_cfg, f"--out_dir={os.path.join(work, 'ae')}"]),
+              ('train_diff', ['train_diff.py', diff_cfg, f'--ae_ckpt={ae_ckpt}', f"--out_dir={os.path.join(work, 'diff')}"]),
+              ('sample', ['sample.py', f'--ckpt={diff_ckpt}'])]
+    rows = []
+    try:
+        for name, argv in stages:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True)
+            rows.append((name, time.perf_counter() - t0))
+            if proc.returncode:
+                last = (proc.stderr.strip() or proc.stdout.strip() or '(no output)').splitlines()[-1]
+                common.die(f"quickstart stage {name} failed (exit {proc.returncode}): {last}")
+    finally:
+        if not cfg['quickstart_dir']:
+            shutil.rmtree(work, ignore_errors=True)
+    total = sum(secs for _, secs in rows)
+    valid = re.search(r'(\d+) of (\d+) are valid', proc.stdout + proc.stderr)
+    print(f"\nbench.py quickstart | cpu ({torch.get_num_threads()} threads) | torch {torch.__version__} | "
+          f"{cfg['quickstart_configs']}")
+    for name, secs in rows:
+        print(f"{name:<12}{secs:>9.1f} s")
+    within = total <= cfg['quickstart_budget']
+    print(f"{'total':<12}{total:>9.1f} s  ({'within' if within else 'OVER'} the budget of {cfg['quickstart_budget']:g} s)"
+          + (f"; sample.py: {valid.group(1)} of {valid.group(2)} printed stories valid" if valid else ''))
+    if not within:
+        sys.exit(1)
+    return dict(rows, total=total)
+
+
 def main(cfg):
+    if cfg['quickstart']:
+        return quickstart(cfg)
     env = common.setup(cfg['device'], cfg['seed'])
     device, cuda = env['device'], env['device_type'] == 'cuda'
     ctx = common.autocast(env['device_type'], cfg['dtype'])

@@ -146,3 +146,30 @@ def test_compiled_denoiser_equals_eager_on_gpu():
     # bf16 keeps 8 bits of mantissa; fused kernels round in other places than eager does
     torch.testing.assert_close(compiled, eager, atol=2e-2 * eager.abs().max().item(), rtol=2e-2)
     torch.compiler.reset()
+
+
+def test_quickstart_is_timed_stage_by_stage(tmp_path, tiny_encoder_path, capsys):
+    # the README line's three scripts, as subprocesses, on tiny configs: a line per stage, the total against the
+    # budget (over it: exit 1), the models kept in quickstart_dir, which is never reused
+    ae, diff, work = tmp_path / 'ae.py', tmp_path / 'diff.py', tmp_path / 'qs'
+    small = ("data = 'stories'\nn_stories = 200\nval_size = 64\neval_size = 64\nbatch_size = 8\n"
+             "micro_batch_size = 8\nmax_steps = 2\neval_interval = 2\nlog_interval = 2\ndevice = 'cpu'\ncompile = False\n")
+    ae.write_text(small + f"encoder = {tiny_encoder_path!r}\nmax_len = 28\nn_latents = 4\nn_layers = 1\n"
+                          "head_dim = 16\nstats_size = 64\n")
+    diff.write_text(small + "size = 'tiny'\neval_samples = 1\nsample_steps = 2\n")
+    cfg = dict(bench.config, quickstart=True, quickstart_configs=f'{ae},{diff}', quickstart_dir=str(work),
+               quickstart_budget=0.001)
+    with pytest.raises(SystemExit) as stop:
+        bench.main(cfg)
+    assert stop.value.code == 1
+    out = capsys.readouterr().out.splitlines()
+    secs = {line.split()[0]: float(line.split()[1]) for line in out if line.split()[:1] in
+            (['train_ae'], ['train_diff'], ['sample'], ['total'])}
+    assert set(secs) == {'train_ae', 'train_diff', 'sample', 'total'} and all(v > 0 for v in secs.values())
+    assert secs['total'] == pytest.approx(secs['train_ae'] + secs['train_diff'] + secs['sample'], abs=0.15)
+    assert 'OVER the budget of 0.001 s' in out[-1] and 'printed stories valid' in out[-1]
+    assert (work / 'ae' / 'ckpt.pt').is_file() and (work / 'diff' / 'ckpt.pt').is_file()
+    with pytest.raises(SystemExit, match="already exists"):
+        bench.main(cfg)
+    with pytest.raises(SystemExit, match="quickstart config .* not found"):
+        bench.main(dict(cfg, quickstart_dir='', quickstart_configs=f'{ae},{tmp_path / "none.py"}'))
