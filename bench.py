@@ -133,7 +133,8 @@ def quickstart(cfg):
         common.die(f"quickstart_dir '{work}' already exists: pass a new folder (nothing is ever overwritten)")
     ae_ckpt, diff_ckpt = os.path.join(work, 'ae', 'ckpt.pt'), os.path.join(work, 'diff', 'ckpt.pt')
     stages = [('train_ae', ['train_ae.py', ae_cfg, f"--out_dir={os.path.join(work, 'ae')}"]),
-              ('train_diff', ['train_diff.py', diff_cfg, f'--ae_ckpt={ae_ckpt}', f"--out_dir={os.path.join(work, 'diff')}"]),
+              ('train_diff', ['train_diff.py', diff_cfg, f'--ae_ckpt={ae_ckpt}',
+                              f"--out_dir={os.path.join(work, 'diff')}"]),
               ('sample', ['sample.py', f'--ckpt={diff_ckpt}'])]
     rows = []
     try:
@@ -155,7 +156,8 @@ def quickstart(cfg):
     for name, secs in rows:
         print(f"{name:<12}{secs:>9.1f} s")
     within = total <= cfg['quickstart_budget']
-    print(f"{'total':<12}{total:>9.1f} s  ({'within' if within else 'OVER'} the budget of {cfg['quickstart_budget']:g} s)"
+    print(f"{'total':<12}{total:>9.1f} s  ({'within' if within else 'OVER'} the budget of "
+          f"{cfg['quickstart_budget']:g} s)"
           + (f"; sample.py: {valid.group(1)} of {valid.group(2)} printed stories valid" if valid else ''))
     if not within:
         sys.exit(1)

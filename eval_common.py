@@ -86,38 +86,27 @@ def sampled_texts(spec, split, cfg, run, size, seed, cap=0):
     if folder is None:
         texts = texts_of(spec, split, cfg, run, cap)[0]
         return [texts[i] for i in random.Random(seed).sample(range(len(texts)), size(len(texts)))]
-    from transformers import AutoTokenizer
-
-    from autoencoder import resolve_encoder
-    data = Prepared(folder)
-    tok = AutoTokenizer.from_pretrained(resolve_encoder(data.meta['encoder']))
-    rows = data.val if split == 'validation' else data.train
-    idx = random.Random(seed).sample(range(len(rows)), size(len(rows)))
-    ids, mask = rows.batch(idx)
-    return tok.batch_decode([r[1:m.sum() - 1] for r, m in zip(ids.tolist(), mask)], clean_up_tokenization_spaces=True)
-
-
-def prepared_texts(folder, split, n=0):
-    return [t for c in prepared_chunks(folder, split, n) for t in c]
+    rows, decode = prepared_split(folder, split)
+    return decode(*rows.batch(random.Random(seed).sample(range(len(rows)), size(len(rows)))))
 
 
 def prepared_chunks(folder, split, n=0, chunk=1024):
     """The rows of a prepared folder's split decoded by its tokenizer, `chunk` at a time (the first n; 0 = all).
     The folder and its tokenizer are opened now, so a bad one fails before any work; the rows as consumed."""
+    rows, decode = prepared_split(folder, split)
+    n = min(n or len(rows), len(rows))
+    return (decode(*rows.batch(range(i, min(i + chunk, n)))) for i in range(0, n, chunk))
+
+
+def prepared_split(folder, split):
+    """(the split's rows, decode(ids, mask) -> texts by the folder's tokenizer, [CLS] and [SEP] dropped)."""
     from transformers import AutoTokenizer
 
     from autoencoder import resolve_encoder
     data = Prepared(folder)
     tok = AutoTokenizer.from_pretrained(resolve_encoder(data.meta['encoder']))
-    rows = data.val if split == 'validation' else data.train
-    n = min(n or len(rows), len(rows))
-
-    def decoded():
-        for i in range(0, n, chunk):
-            ids, mask = rows.batch(range(i, min(i + chunk, n)))
-            yield tok.batch_decode([r[1:m.sum() - 1] for r, m in zip(ids.tolist(), mask)],
-                                   clean_up_tokenization_spaces=True)
-    return decoded()
+    return (data.val if split == 'validation' else data.train), lambda ids, mask: tok.batch_decode(
+        [r[1:m.sum() - 1] for r, m in zip(ids.tolist(), mask)], clean_up_tokenization_spaces=True)
 
 
 def run_of(ckpt):

@@ -3,7 +3,6 @@ evaluate.py --mode=diagnostics: the latent-space diagnostics of the paper's Sec.
 sampling steps vs quality), each written as JSON and a PNG. Each diag_* returns a dict of plain values.
 """
 import os
-import random
 import time
 from contextlib import nullcontext
 
@@ -354,7 +353,8 @@ def run_diagnostics(cfg, env):
             w = cfg['autoguidance'] if guide is not None else 1.0
             r = diag_steps(denoiser, ae, n, x, d, t_min, quality, quality_name, seed, bs, dev, ctx, series,
                            cfg['steps_seeds'], refs, guide, w)
-            xlabel = f"sampling steps (mean over {cfg['steps_seeds']} seeds" + (f", autoguidance w = {w:g})" if w != 1 else ')')
+            xlabel = f"sampling steps (mean over {cfg['steps_seeds']} seeds" + (
+                f", autoguidance w = {w:g})" if w != 1 else ')')
             logx = True
             labels = [s if g == 'uniform' else f'{s}@{g}' for s, g in series]
             panels = {label: {s: r[s][k] for s in labels} for k, label in (

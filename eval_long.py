@@ -198,7 +198,8 @@ def run_long(cfg, env):
     if cfg['ppl_model']:
         check_model(cfg['ppl_model'], 'ppl_model')
     train, train_name = text_chunks(cfg['train_data'], 'train', cfg, run, cfg['mem_rows'])
-    train_grams = ngram_index(common.progress(train, desc='Mem: training texts', unit='chunk')) if train is not None else None
+    train_grams = None if train is None else ngram_index(common.progress(train, desc='Mem: training texts',
+                                                                          unit='chunk'))
     if ref_rows is not None:
         systems['reference'] = (None, {0: [dict(r, blocks=r['reference'], ended=True) for r in ref_rows]})
         if ae_path:

@@ -153,7 +153,8 @@ def test_quickstart_is_timed_stage_by_stage(tmp_path, tiny_encoder_path, capsys)
     # budget (over it: exit 1), the models kept in quickstart_dir, which is never reused
     ae, diff, work = tmp_path / 'ae.py', tmp_path / 'diff.py', tmp_path / 'qs'
     small = ("data = 'stories'\nn_stories = 200\nval_size = 64\neval_size = 64\nbatch_size = 8\n"
-             "micro_batch_size = 8\nmax_steps = 2\neval_interval = 2\nlog_interval = 2\ndevice = 'cpu'\ncompile = False\n")
+             "micro_batch_size = 8\nmax_steps = 2\neval_interval = 2\nlog_interval = 2\ndevice = 'cpu'\n"
+             "compile = False\n")
     ae.write_text(small + f"encoder = {tiny_encoder_path!r}\nmax_len = 28\nn_latents = 4\nn_layers = 1\n"
                           "head_dim = 16\nstats_size = 64\n")
     diff.write_text(small + "size = 'tiny'\neval_samples = 1\nsample_steps = 2\n")
