@@ -52,8 +52,8 @@ config = dict(
     sampler='ddim',              # 'ddim' (Euler, probability-flow ODE), 'ancestral' (reverse SDE), 'heun', 'dpm2m'
     grid='uniform',              # time grid: 'uniform' in t (the paper's) or 'logsnr' (uniform in log-SNR)
     use_ema=True,                # sample from the EMA weights
-    autoguidance=2.0,            # w of autoguidance for models that keep a guide (train_diff.py guide_step), as
-                                 # sample.py; 1 = off; no effect on models without one (the paper's configs)
+    autoguidance=1.0,            # w of autoguidance for models that keep a guide (train_diff.py guide_step); 1 = off,
+                                 # the paper's protocol; the quickstart's sampler is --steps=10 --autoguidance=2
     # the scorers
     ppl_model='gpt2-large',      # causal LM for PPL, hub name or local folder (the paper: gpt2-large); '' = no PPL
     mauve_features='lm',         # 'lm': mauve-text featurizes with mauve_model (the paper); 'encoder': mean-pooled

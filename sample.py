@@ -2,7 +2,7 @@
 Generate text from a trained diffusion checkpoint (its EMA weights) and the autoencoder it was trained on.
 
     python sample.py --ckpt=out/tiny_diff/ckpt.pt                          # 8 texts to stdout (10 Euler steps)
-    python sample.py --ckpt=out/tiny_diff/ckpt.pt --steps=200              # the paper's 200 uniform Euler steps
+    python sample.py --ckpt=out/tiny_diff/ckpt.pt --steps=200 --autoguidance=1   # the paper's sampler: 200 Euler steps
     python sample.py --ckpt=out/diff/ckpt.pt --num_samples=1000 --num_seeds=10 --out=samples.jsonl
     python sample.py --ckpt=out/tiny_cond/ckpt.pt --sources=pairs.jsonl --out=generations.jsonl --guidance=1.5
     echo "tom found a red ball in the park. he gave it to anna. anna was happy." | python sample.py --ckpt=out/tiny_cond/ckpt.pt --sources=-
@@ -39,7 +39,7 @@ from autoencoder import load_autoencoder
 from corpus import Prepared, chunk_document, read_jsonl, read_lines
 from corpus import is_valid_story
 from diffusion import GRIDS, SAMPLERS, end_marker, sample_blocks
-from pipeline import encode_texts, generate, load_guide, load_pipeline
+from pipeline import encode_texts, generate, guide_steps_note, load_guide, load_pipeline
 
 config = dict(
     ckpt='out/diff/ckpt.pt',     # diffusion checkpoint
@@ -48,9 +48,9 @@ config = dict(
     num_seeds=1,                 # seeds seed .. seed + num_seeds - 1, each written with its rows
     sampler='ddim',              # 'ddim' (Euler on the probability-flow ODE, the paper's), 'ancestral' (reverse SDE),
                                  # 'heun', 'dpm2m' (DPM-Solver++(2M), second order, one pass a step)
-    steps=10,                    # steps from t = 1 to t_min. 10, not the paper's 200 (--steps=200): on the
-                                 # quickstart's models 10 Euler steps gave more valid stories (58.4% against 45.2%
-                                 # autoguided; 35.8% against 15.8% on the older 'tiny' denoiser), 20x faster
+    steps=10,                    # steps from t = 1 to t_min. 10, not the paper's 200: on the quickstart's models
+                                 # 10 Euler steps with autoguidance gave 73.7% valid stories, 200 without it (the
+                                 # paper's sampler: --steps=200 --autoguidance=1) 67.0%, 200 with it 28.7%
                                  # (README, "Few-step sampling")
     grid='uniform',              # time grid: 'uniform' in t (the paper's) or 'logsnr' (uniform in log-SNR)
     seed=0,                      # the first seed
@@ -305,6 +305,8 @@ def main(cfg):
     guide = load_guide(ckpt, env['device']) if not denoiser.conditional and cfg['autoguidance'] != 1 else None
     if guide is not None:
         guidance = cfg['autoguidance']
+        if guide_steps_note(cfg['steps'], guidance):
+            print(guide_steps_note(cfg['steps'], guidance), file=sys.stderr)
     how = ('' if denoiser.conditional else
            f", autoguidance w={cfg['autoguidance']} by the EMA of step {ckpt['guide_step']}" if guide is not None
            else ', no autoguidance (w=1)' if cfg['autoguidance'] == 1 else ', no autoguidance (the checkpoint keeps no guide)')

@@ -313,6 +313,12 @@ def test_end_to_end(tiny_encoder_path, tmp_path):
     rows = [json.loads(l) for l in open(out)]
     assert [row['text'] for row in rows] == texts and rows[0]['steps'] == 5 and rows[0]['sampler'] == 'ddim'
     assert rows[0]['autoguidance'] == 2.0
+    assert 'note: autoguidance' not in r.stderr  # 5 steps: no note
+    r = run(['sample.py', f'--ckpt={diff_dir / "ckpt.pt"}', '--num_samples=1', '--steps=21', '--device=cpu'])
+    assert r.returncode == 0 and 'note: autoguidance w=2 with 21 steps' in r.stderr  # many steps: one line says so
+    r = run(['sample.py', f'--ckpt={diff_dir / "ckpt.pt"}', '--num_samples=1', '--steps=21', '--device=cpu',
+             '--autoguidance=1'])
+    assert r.returncode == 0 and 'note: autoguidance' not in r.stderr
 
 
 def test_diffusion_without_latent_cache(tiny_ae, tmp_path):
