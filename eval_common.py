@@ -64,38 +64,32 @@ def texts_of(spec, split, cfg, run, n=0):
 def text_chunks(spec, split, cfg, run, n=0, chunk=1024):
     """(an iterator over lists of at most `chunk` texts, a label) for the texts of texts_of, read as they are
     consumed: a paper-scale training split is never held at once. n > 0: at most the first n texts (the label
-    says so). (None, None) without a spec or a run."""
-    cap = f", the first {n:,}" if n else ''
+    says so when that cuts a prepared split; a raw source says 'at most'). (None, None) without a spec or a run."""
     if spec and not os.path.isfile(os.path.join(spec, 'meta.json')):
         opts = dict(PREPARE_DEFAULTS, text_field=cfg['text_field'], seed=run['seed'] if run else 0)
         docs = itertools.islice(documents(spec, split, opts, n_stories=run['n_stories'] if run else 20000), n or None)
         first = list(itertools.islice(docs, chunk))  # read now: a bad source fails before any work
         return itertools.chain([first] if first else [], iter(lambda: list(itertools.islice(docs, chunk)), [])), \
-            f"{spec} ({split}{cap})"
-    if spec:
-        return prepared_chunks(spec, split, n, chunk), f"{spec} ({split}{cap})"
-    if run is None:
+            f"{spec} ({split}{f', at most the first {n:,}' if n else ''})"
+    folder = spec or (run['data_dir'] if run else None)
+    if folder is None:
         return None, None
-    return prepared_chunks(run['data_dir'], split, n, chunk), f"the run's {split} rows ({run['data_dir']}{cap})"
+    rows, decode = prepared_split(folder, split)
+    cut = f", the first {n:,} of {len(rows):,}" if 0 < n < len(rows) else ''
+    n = min(n or len(rows), len(rows))
+    chunks = (decode(*rows.batch(range(i, min(i + chunk, n)))) for i in range(0, n, chunk))
+    return chunks, (f"{spec} ({split}{cut})" if spec else f"the run's {split} rows ({folder}{cut})")
 
 
 def sampled_texts(spec, split, cfg, run, size, seed, cap=0):
     """random.Random(seed).sample of size(N) texts of the N a split holds (texts_of's spec and run), reading only
     the rows drawn when the texts are a prepared folder's; a raw source draws from its first `cap` (0 = all)."""
     folder = spec if spec and os.path.isfile(os.path.join(spec, 'meta.json')) else None if spec else run['data_dir']
-    if folder is None:
-        texts = texts_of(spec, split, cfg, run, cap)[0]
+    if folder is None:  # the run's own count of generated stories, capped (texts_of would make `cap` of them)
+        texts = [t for c in text_chunks(spec, split, cfg, run, cap)[0] for t in c]
         return [texts[i] for i in random.Random(seed).sample(range(len(texts)), size(len(texts)))]
     rows, decode = prepared_split(folder, split)
     return decode(*rows.batch(random.Random(seed).sample(range(len(rows)), size(len(rows)))))
-
-
-def prepared_chunks(folder, split, n=0, chunk=1024):
-    """The rows of a prepared folder's split decoded by its tokenizer, `chunk` at a time (the first n; 0 = all).
-    The folder and its tokenizer are opened now, so a bad one fails before any work; the rows as consumed."""
-    rows, decode = prepared_split(folder, split)
-    n = min(n or len(rows), len(rows))
-    return (decode(*rows.batch(range(i, min(i + chunk, n)))) for i in range(0, n, chunk))
 
 
 def prepared_split(folder, split):

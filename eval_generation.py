@@ -65,6 +65,14 @@ def run_generation(cfg, env):
     check_model(feature_model, 'mauve_model')
     if cfg['ppl_model']:
         check_model(cfg['ppl_model'], 'ppl_model')
+    # references and training texts as the autoencoder would write them (when it is known)
+    encoder = encoder if cfg['ref_roundtrip'] else None
+    train_grams = None
+    if train is not None:  # Mem's index, once for all seeds and before any sampling: a bad row fails here
+        # the run's own rows come decoded from its prepared folder (text_chunks): already the round trip
+        fresh = encoder and cfg['train_data']
+        chunks = (list(as_seen(encoder, c, max_len)) for c in train) if fresh else train
+        train_grams = ngram_index(common.progress(chunks, desc='Mem: training texts', unit='chunk'))
 
     if groups is None:                                                        # generate: num_seeds x num_samples
         d, groups, seconds = ckpt['diffusion_args'], {}, []
@@ -80,19 +88,11 @@ def run_generation(cfg, env):
         with open(os.path.splitext(out)[0] + '.samples.jsonl', 'w') as f:
             f.writelines(json.dumps(dict(text=t, seed=s, **made)) + '\n' for s, texts in groups.items() for t in texts)
         made['seconds_per_seed'] = seconds
-    # references and training texts as the autoencoder would write them (when it is known)
-    encoder = encoder if cfg['ref_roundtrip'] else None
     seen = (lambda texts, desc=None: list(as_seen(encoder, texts, max_len, desc=desc))) if encoder else \
         (lambda texts, desc=None: list(texts))
     round_trip = (f"references went through {encoder.name}'s tokenizer round trip (cut to {max_len} tokens), "
                   f"as the samples did") if encoder else "references as raw text (ref_roundtrip=False, or no autoencoder known: pass ckpt=)"
     lm = load_causal_lm(cfg['ppl_model'], env['device']) if cfg['ppl_model'] else None
-    train_grams = None
-    if train is not None:                                                     # once, not once per seed
-        # the run's own rows come decoded from its prepared folder (texts_of): already the round trip
-        fresh = encoder and cfg['train_data']
-        chunks = (list(as_seen(encoder, c, max_len)) for c in train) if fresh else train
-        train_grams = ngram_index(common.progress(chunks, desc='Mem: training texts', unit='chunk'))
 
     per_seed = []
     for seed, texts in common.progress(groups.items(), desc='scoring seeds', unit='seed'):

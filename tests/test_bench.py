@@ -167,7 +167,7 @@ def test_quickstart_is_timed_stage_by_stage(tmp_path, tiny_encoder_path, capsys)
     secs = {line.split()[0]: float(line.split()[1]) for line in out if line.split()[:1] in
             (['train_ae'], ['train_diff'], ['sample'], ['total'])}
     assert set(secs) == {'train_ae', 'train_diff', 'sample', 'total'} and all(v > 0 for v in secs.values())
-    assert secs['total'] == pytest.approx(secs['train_ae'] + secs['train_diff'] + secs['sample'], abs=0.15)
+    assert secs['total'] == pytest.approx(secs['train_ae'] + secs['train_diff'] + secs['sample'], abs=0.25)  # printed to 0.1 s
     assert 'OVER the budget of 0.001 s' in out[-1] and 'printed stories valid' in out[-1]
     assert (work / 'ae' / 'ckpt.pt').is_file() and (work / 'diff' / 'ckpt.pt').is_file()
     with pytest.raises(SystemExit, match="already exists"):

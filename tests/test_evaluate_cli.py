@@ -39,7 +39,7 @@ def run(tiny_encoder_path, tmp_path_factory):
     diff_cfg = dict(train_diff.config, data='stories', n_stories=200, val_size=64, eval_size=64, size='tiny',
                     ae_ckpt=str(root / 'ae' / 'ckpt.pt'), batch_size=8, micro_batch_size=8, max_steps=4,
                     eval_interval=4, log_interval=4, eval_samples=1, sample_steps=2, lr=1e-3, warmup=1,
-                    device='cpu', compile=False, out_dir=str(root / 'diff'))
+                    device='cpu', compile=False, out_dir=str(root / 'diff'), guide_step=2)  # keeps a guide
     train_diff.main(diff_cfg)
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_path)
     torch.manual_seed(0)
@@ -130,6 +130,19 @@ def test_steps_diagnostic_samples_with_the_guide_as_sample_py_does(run, monkeypa
     torch.testing.assert_close(seen[0], direct(7))
 
 
+def test_autoguidance_reaches_the_steps_diagnostic_and_generation(run, tmp_path):
+    # --autoguidance=2 on a model that keeps a guide: the steps sweep records w = 2, generation names its JSON so;
+    # evaluate.py's default (1, the paper's protocol) samples plainly
+    evaluate.main(cfg(mode='diagnostics', ckpt=run['diff'], diags='steps', steps_grid='2', steps_seeds=1, diag_n=4,
+                      steps_samplers='ddim', ppl_model='', autoguidance=2.0, out=str(tmp_path / 'd')))
+    assert json.loads((tmp_path / 'd' / 'steps.json').read_text())['autoguidance'] == 2.0
+    for w, name in ((2.0, 'eval_ddim2_ag2.json'), (1.0, 'eval_ddim2.json')):  # beside the checkpoint
+        evaluate.main(cfg(ckpt=run['diff'], num_samples=4, num_seeds=1, steps=2, ppl_model='', autoguidance=w,
+                          mauve_features='encoder', mauve_model=run['encoder']))
+        assert json.loads((run['root'] / 'diff' / name).read_text())['made']['autoguidance'] == w
+    assert evaluate.config['autoguidance'] == 1.0
+
+
 def test_training_texts_are_read_in_chunks_and_sampled_by_row(run):
     # Mem's training texts come in chunks (never all at once), the first n when capped; smoothness reads only the
     # rows it draws, and draws the same texts as sampling from the whole decoded list would
@@ -147,8 +160,15 @@ def test_training_texts_are_read_in_chunks_and_sampled_by_row(run):
     size = lambda N: min(N, 9) // 2 * 2  # noqa: E731
     expect = [everything[i] for i in random.Random(4).sample(range(len(everything)), 8)]
     assert sampled_texts('', 'train', cfg, r, size, seed=4) == expect
+    # a raw 'stories' source: the run's own n_stories stories (not `cap` new ones), drawn as from the whole list
+    stories = texts_of('stories', 'train', cfg, r)[0]
+    assert len(stories) == r['n_stories'] == 200
+    assert sampled_texts('stories', 'train', cfg, r, size, seed=4, cap=5000) == \
+        [stories[i] for i in random.Random(4).sample(range(200), 8)]
     assert sampled_texts('stories', 'train', cfg, r, size, seed=4, cap=50) == \
-        [texts_of('stories', 'train', cfg, r, 50)[0][i] for i in random.Random(4).sample(range(50), 8)]
+        [stories[i] for i in random.Random(4).sample(range(50), 8)]
+    chunks, name = text_chunks('', 'train', cfg, r, n=10 ** 6)
+    assert 'first' not in name and sum(len(c) for c in chunks) == len(everything)  # a cap that does not bind
     with pytest.raises(SystemExit, match="no_such.txt"):  # a bad raw source fails when asked, not when read
         text_chunks(os.path.join(str(run['root']), 'no_such.txt'), 'train', cfg, r)
 
