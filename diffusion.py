@@ -209,7 +209,7 @@ def time_grid(steps, t_min, d, grid='uniform', device='cpu'):
 
 @torch.no_grad()
 def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=None, generator=None,
-           device='cpu', autocast=None, perturb=None, grid='uniform', guide=None):
+           device='cpu', autocast=None, perturb=None, grid='uniform', guide=None, guide_t_min=0.0):
     """
     Generate normalised latents of `shape` (B, N, d) with `steps` steps from t = 1 down to t_min on the
     time grid `grid` (time_grid), starting from N(0, I) and carrying the self-conditioning estimate from
@@ -248,7 +248,10 @@ def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=No
     itself"): with a `guide`, a weaker x0-predictor of the same data (train_diff.py keeps the EMA weights of an
     early step, `guide_step`), guidance=w uses x0 = x0 + (w - 1) (x0 - x0_guide) instead of the null source:
     it pushes away from what the weaker model gets wrong. The guide reads the same state and self-conditioning
-    estimate; w = 1 skips its pass. Our addition, not COSMOS's (README, "Quickstart").
+    estimate; w = 1 skips its pass. Our addition, not COSMOS's (README, "Quickstart"). guide_t_min > 0 applies
+    it only at the steps with t >= guide_t_min and samples plainly below (no guide pass there): a guidance
+    interval (Kynkaanniemi et al. 2024, arXiv 2404.07724), which keeps w from compounding over many small
+    low-noise steps (README, "Few-step sampling").
 
     perturb(i, z) -> z, if given, may change the state before step i (evaluate.py injects noise mid-
     trajectory through it for the paper's Fig. 5); it draws no numbers from `generator`.
@@ -267,6 +270,8 @@ def sample(model, shape, steps, d, t_min, sampler='ddim', cond=None, guidance=No
             if guidance is None or guidance == 1 or (cond is None and guide is None):  # w = 1: no second pass
                 return model(z, tb, sc, cond).float()
             if guide is not None:                                            # autoguidance
+                if guide_t_min > 0 and t < guide_t_min:                      # outside the interval: plainly
+                    return model(z, tb, sc).float()
                 x0_c, x0_u = model(z, tb, sc).float(), guide(z, tb, sc).float()
                 return x0_c + (guidance - 1) * (x0_c - x0_u)
             drop = torch.arange(2 * B, device=device) >= B                   # second half: null source

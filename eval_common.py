@@ -37,7 +37,7 @@ def read_samples(path, fields):
 def recorded(path, groups):
     """What made a samples file, as far as its rows say (sample.py records checkpoint, steps, sampler...)."""
     first = next(iter(groups.values()))[0]
-    keys = ('ckpt', 'step', 'steps', 'sampler', 'grid', 'ema', 'guidance', 'autoguidance')
+    keys = ('ckpt', 'step', 'steps', 'sampler', 'grid', 'ema', 'guidance', 'autoguidance', 'guide_t_min')
     return dict(samples=path, **{k: first[k] for k in keys if k in first})
 
 

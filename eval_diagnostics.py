@@ -205,7 +205,7 @@ def parse_series(spec):
 
 @torch.no_grad()
 def diag_steps(denoiser, ae, n, steps_grid, d, t_min, quality=None, quality_name='', seed=0, batch_size=64,
-               device='cpu', ctx=None, series=None, seeds=1, refs=None, guide=None, guidance=1.0):
+               device='cpu', ctx=None, series=None, seeds=1, refs=None, guide=None, guidance=1.0, guide_t_min=0.0):
     """
     Steps vs quality, for each (sampler, grid) of `series` (default: every sampler on the uniform grid), over
     `seeds` sampling seeds (seed, seed + 1, ...; n samples each): a quality score (valid stories or PPL, when
@@ -213,7 +213,7 @@ def diag_steps(denoiser, ae, n, steps_grid, d, t_min, quality=None, quality_name
     train-inference mismatch, and the wall time of the sampling loop alone (decoding excluded; 'heun' makes
     2 * steps - 1 network passes, the others steps). Each quantity: the per-seed values, their mean and std.
     guide, guidance: autoguidance as sample.py applies it (diffusion.sample; each pass then costs two network
-    calls); None / 1 = plain sampling.
+    calls; at t >= guide_t_min only); None / 1 = plain sampling.
     """
     guidance = guidance if guide is not None else 1.0
     import mauve
@@ -222,7 +222,8 @@ def diag_steps(denoiser, ae, n, steps_grid, d, t_min, quality=None, quality_name
     out = dict(steps=list(steps_grid), n_samples=n, seeds=list(range(seed, seed + seeds)), quality_name=quality_name,
                mauve_name=f"MAUVE (mauve-text, auto buckets, k-means seed 25) on mean-pooled {ae.encoder.name} "
                           f"features against {len(refs or [])} held-out texts (their tokenizer round trip)",
-               series=[f'{s}@{g}' for s, g in series], autoguidance=guidance)
+               series=[f'{s}@{g}' for s, g in series], autoguidance=guidance,
+               **(dict(guide_t_min=guide_t_min) if guidance != 1 and guide_t_min > 0 else {}))
     keys = ('seconds', 'quality', 'mauve', 'div', 'mismatch')
     for sampler, grid in common.progress(series, desc='steps: samplers', unit='sampler'):
         per = {k: [[] for _ in steps_grid] for k in keys}                      # [step index][seed]
@@ -231,7 +232,8 @@ def diag_steps(denoiser, ae, n, steps_grid, d, t_min, quality=None, quality_name
                 t0 = time.time()
                 z = sample(denoiser, (n, ae.args['n_latents'], ae.args['dim']), steps, d, t_min, sampler,
                            generator=torch.Generator(device).manual_seed(s), device=device, autocast=ctx, grid=grid,
-                           guide=guide if guidance != 1 else None, guidance=guidance if guidance != 1 else None)
+                           guide=guide if guidance != 1 else None, guidance=guidance if guidance != 1 else None,
+                           guide_t_min=guide_t_min)
                 z = z.cpu().to(device)  # .cpu() waits for the GPU, so the clock measures the work
                 per['seconds'][j].append(time.time() - t0)
                 texts = decode_latents(ae, z, batch_size, normalized=True)[1]
@@ -352,7 +354,7 @@ def run_diagnostics(cfg, env):
             guide = load_guide(ckpt, dev) if cfg['autoguidance'] != 1 else None
             w = cfg['autoguidance'] if guide is not None else 1.0
             r = diag_steps(denoiser, ae, n, x, d, t_min, quality, quality_name, seed, bs, dev, ctx, series,
-                           cfg['steps_seeds'], refs, guide, w)
+                           cfg['steps_seeds'], refs, guide, w, cfg['guide_t_min'])
             xlabel = f"sampling steps (mean over {cfg['steps_seeds']} seeds" + (
                 f", autoguidance w = {w:g})" if w != 1 else ')')
             logx = True

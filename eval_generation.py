@@ -42,12 +42,13 @@ def run_generation(cfg, env):
         run, encoder, max_len = run_of(ckpt), ae.encoder, ae.args['max_len']
         guide = load_guide(ckpt, env['device']) if cfg['autoguidance'] != 1 else None
         w = cfg['autoguidance'] if guide else 1.0                             # w = 1: sample plainly
-        if guide_steps_note(cfg['steps'], w):
-            print(guide_steps_note(cfg['steps'], w), file=sys.stderr)
+        if guide_steps_note(cfg['steps'], w, cfg['guide_t_min']):
+            print(guide_steps_note(cfg['steps'], w, cfg['guide_t_min']), file=sys.stderr)
         made = dict(ckpt=cfg['ckpt'], step=ckpt['step'], steps=cfg['steps'], sampler=cfg['sampler'],
-                    grid=cfg['grid'], ema=cfg['use_ema'], autoguidance=w)
+                    grid=cfg['grid'], ema=cfg['use_ema'], autoguidance=w,
+                    **(dict(guide_t_min=cfg['guide_t_min']) if w != 1 and cfg['guide_t_min'] > 0 else {}))
         grid = '' if cfg['grid'] == 'uniform' else '_' + cfg['grid']
-        ag = f"_ag{w:g}" if guide else ''
+        ag = (f"_ag{w:g}" + (f"_from{cfg['guide_t_min']:g}" if cfg['guide_t_min'] > 0 else '')) if w != 1 else ''
         out = cfg['out'] or os.path.join(os.path.dirname(cfg['ckpt']), f"eval_{cfg['sampler']}{cfg['steps']}{grid}{ag}.json")
     else:
         common.die("mode=generation needs samples=PATH (a JSONL of texts) or ckpt=PATH (a diffusion checkpoint)")
@@ -81,7 +82,7 @@ def run_generation(cfg, env):
             groups[seed] = generate(denoiser, ae, cfg['num_samples'], cfg['steps'], d['schedule_d'], d['t_min'],
                                     cfg['sampler'], seed, cfg['batch_size'], env['device'],
                                     common.autocast(env['device_type'], cfg['dtype']), desc=f"sampling, seed {seed}",
-                                    grid=cfg['grid'], guidance=w, guide=guide)[0]
+                                    grid=cfg['grid'], guidance=w, guide=guide, guide_t_min=cfg['guide_t_min'])[0]
             seconds.append(time.time() - t0)
         # the texts too, with their seeds, so that --samples= scores them again without generating
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -54,6 +54,7 @@ config = dict(
     use_ema=True,                # sample from the EMA weights
     autoguidance=1.0,            # w of autoguidance for models that keep a guide (train_diff.py guide_step); 1 = off,
                                  # the paper's protocol; the quickstart's sampler is --steps=10 --autoguidance=2
+    guide_t_min=0.0,             # autoguidance only at t >= this (a guidance interval), as sample.py
     # the scorers
     ppl_model='gpt2-large',      # causal LM for PPL, hub name or local folder (the paper: gpt2-large); '' = no PPL
     mauve_features='lm',         # 'lm': mauve-text featurizes with mauve_model (the paper); 'encoder': mean-pooled
@@ -95,7 +96,7 @@ def main(cfg):
         common.die(f"grid must be one of {', '.join(GRIDS)}, not '{cfg['grid']}'")
     if cfg['mauve_features'] not in ('lm', 'encoder'):
         common.die(f"mauve_features must be 'lm' or 'encoder', not '{cfg['mauve_features']}'")
-    common.at_least(cfg, 0, 'mem_rows')
+    common.at_least(cfg, 0, 'mem_rows', 'guide_t_min')
     env = common.setup(cfg['device'], cfg['seed'])
     return modes[cfg['mode']](cfg, env)
 

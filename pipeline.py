@@ -44,11 +44,13 @@ def load_guide(ckpt, device='cpu'):
     return denoiser_of(ckpt, ckpt['guide'], 'the guide of the diffusion checkpoint', device) if 'guide' in ckpt else None
 
 
-def guide_steps_note(steps, w):
-    """One line to print when autoguidance runs with many steps, where it was measured to fail; '' otherwise."""
-    return (f"note: autoguidance w={w:g} with {steps} steps: on the quickstart's model it was measured at its best "
+def guide_steps_note(steps, w, t_min=0.0):
+    """One line to print when autoguidance runs at every one of many steps, where it was measured to fail."""
+    if w == 1 or steps <= 20 or t_min > 0:
+        return ''
+    return (f"note: autoguidance w={w:g} at all {steps} steps: on the quickstart's model it was measured at its best "
             f"at 5-10 steps and worst with many (200 steps: 28.7% valid against 73.7% at 10; README, \"Few-step "
-            f"sampling\"); --autoguidance=1 samples without it") if w != 1 and steps > 20 else ''
+            f"sampling\"); --guide_t_min=0.5 guides only the noisier half, --autoguidance=1 not at all")
 
 
 @torch.no_grad()
@@ -71,12 +73,13 @@ def encode_texts(ae, texts, max_len, batch_size=64, autocast=None, normalize=Tru
 
 @torch.no_grad()
 def generate(denoiser, ae, n, steps, schedule_d, t_min, sampler='ddim', seed=0, batch_size=64,
-             device='cpu', autocast=None, cond=None, guidance=None, desc=None, grid='uniform', guide=None):
+             device='cpu', autocast=None, cond=None, guidance=None, desc=None, grid='uniform', guide=None,
+             guide_t_min=0.0):
     """
     n texts (and their latents, un-normalised) from the denoiser, decoded by the autoencoder. For a
     conditional denoiser, cond holds the n normalised source latents (n, Nc, d), one text per source.
     desc: the label of a progress bar over the batches (common.progress); None shows none.
-    guide (with guidance=w): autoguidance by that weaker model (diffusion.sample).
+    guide (with guidance=w): autoguidance by that weaker model, at t >= guide_t_min (diffusion.sample).
     """
     texts, latents = [], []
     generator = torch.Generator(device).manual_seed(seed)
@@ -85,7 +88,8 @@ def generate(denoiser, ae, n, steps, schedule_d, t_min, sampler='ddim', seed=0, 
         b = min(batch_size, n - i)
         c = None if cond is None else cond[i:i + b].to(device)
         z = sample(denoiser, (b, *shape), steps, schedule_d, t_min, sampler, cond=c, guidance=guidance,
-                   generator=generator, device=device, autocast=autocast, grid=grid, guide=guide)
+                   generator=generator, device=device, autocast=autocast, grid=grid, guide=guide,
+                   guide_t_min=guide_t_min)
         z = ae.denormalize_z(z)                                               # back to the autoencoder's space
         with autocast or nullcontext():                                       # decompressor + token head in bf16 on GPU
             texts += ae.decode(z)[1]

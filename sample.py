@@ -62,6 +62,8 @@ config = dict(
     autoguidance=2.0,            # w of autoguidance for unconditional models that keep a guide (train_diff.py
                                  # guide_step): x0 + (w - 1)(x0 - x0_guide); 1 = off; models without a guide
                                  # sample plainly (the last line says which). README, "Quickstart"
+    guide_t_min=0.0,             # autoguidance only at the steps with t >= this (a guidance interval; 0 = all):
+                                 # 0.5 kept w = 2 useful at 200 steps (README, "Few-step sampling")
     # long text: block models (train_diff.py task='blocks')
     prompt='',                   # one prompt to continue
     prompts='',                  # prompts to continue: a .txt (one a line), a .jsonl ("prompt" field), - for stdin,
@@ -270,6 +272,7 @@ def check_config(cfg):
     common.at_least(cfg, 1, 'n_blocks', 'prompt_blocks')
     common.require(cfg, 'guidance', lambda v: v >= 0, ">= 0 (1 = plain conditional)")
     common.require(cfg, 'autoguidance', lambda v: v >= 0, ">= 0 (1 = off)")
+    common.at_least(cfg, 0, 'guide_t_min')
     if cfg['sampler'] not in SAMPLERS:
         common.die(f"sampler must be one of {', '.join(SAMPLERS)}, not '{cfg['sampler']}'")
     if cfg['grid'] not in GRIDS:
@@ -305,14 +308,16 @@ def main(cfg):
     guide = load_guide(ckpt, env['device']) if not denoiser.conditional and cfg['autoguidance'] != 1 else None
     if guide is not None:
         guidance = cfg['autoguidance']
-        if guide_steps_note(cfg['steps'], guidance):
-            print(guide_steps_note(cfg['steps'], guidance), file=sys.stderr)
+        if guide_steps_note(cfg['steps'], guidance, cfg['guide_t_min']):
+            print(guide_steps_note(cfg['steps'], guidance, cfg['guide_t_min']), file=sys.stderr)
     how = ('' if denoiser.conditional else
-           f", autoguidance w={cfg['autoguidance']} by the EMA of step {ckpt['guide_step']}" if guide is not None
+           f", autoguidance w={cfg['autoguidance']} by the EMA of step {ckpt['guide_step']}"
+           + (f" at t >= {cfg['guide_t_min']:g}" if cfg['guide_t_min'] > 0 else '') if guide is not None
            else ', no autoguidance (w=1)' if cfg['autoguidance'] == 1 else ', no autoguidance (the checkpoint keeps no guide)')
     n = len(rows) if rows is not None else cfg['num_samples']
     meta = dict(ckpt=cfg['ckpt'], step=ckpt['step'], steps=cfg['steps'], sampler=cfg['sampler'], grid=cfg['grid'],
-                ema=cfg['use_ema'], autoguidance=cfg['autoguidance'] if guide is not None else 1.0)
+                ema=cfg['use_ema'], autoguidance=cfg['autoguidance'] if guide is not None else 1.0,
+                **(dict(guide_t_min=cfg['guide_t_min']) if guide is not None and cfg['guide_t_min'] > 0 else {}))
     # a model trained on the embedded story corpus has an exact checker: each printed sample is marked by it
     check = rows is None and trained_on_stories(ckpt)
     f = open(cfg['out'], 'w') if cfg['out'] else None
@@ -320,7 +325,7 @@ def main(cfg):
     for seed in range(cfg['seed'], cfg['seed'] + cfg['num_seeds']):
         texts, _ = generate(denoiser, ae, n, cfg['steps'], d['schedule_d'], d['t_min'], cfg['sampler'], seed,
                             cfg['batch_size'], env['device'], ctx, cond=cond, guidance=guidance,
-                            desc=f"seed {seed}", grid=cfg['grid'], guide=guide)
+                            desc=f"seed {seed}", grid=cfg['grid'], guide=guide, guide_t_min=cfg['guide_t_min'])
         for text in texts:
             if check:
                 ok = is_valid_story(text)

@@ -231,6 +231,29 @@ def test_autoguidance_known_answers():
         sample(gauss, c.shape, 2, 5.0, 1e-3, guidance=2.0, guide=gauss, cond=torch.zeros(3, 1, 5))
 
 
+def test_autoguidance_interval():
+    # guide_t_min: the guide is called at exactly the steps with t >= guide_t_min (the uniform grid of 10 steps
+    # visits t = 1, 0.9, ..., 0.1 up to t_min), and the steps below sample plainly
+    gauss, wide = gaussian_x0_predictor(1.5, 0.5, 5.0), gaussian_x0_predictor(1.5, 1.0, 5.0)
+    times = []
+
+    def guide(z, t, sc, *rest):
+        times.append(float(t[0]))
+        return wide(z, t, sc)
+    run = lambda lo: sample(gauss, (64, 4, 8), 10, 5.0, 1e-3, 'ddim', guidance=2.0, guide=guide,  # noqa: E731
+                            guide_t_min=lo, generator=torch.Generator().manual_seed(1))
+    full, plain = run(0.0), sample(gauss, (64, 4, 8), 10, 5.0, 1e-3, 'ddim', generator=torch.Generator().manual_seed(1))
+    assert len(times) == 10
+    times.clear()
+    half = run(0.55)
+    assert times == pytest.approx([1.0, 0.9001, 0.8002, 0.7003, 0.6004], abs=1e-3)  # t >= 0.55 only
+    times.clear()
+    torch.testing.assert_close(run(1.5), plain, rtol=0, atol=0)  # above t = 1: never guided, the plain run
+    assert times == []
+    # guided early only: neither the plain nor the fully guided answer
+    assert (half - plain).abs().max() > 1e-3 and (half - full).abs().max() > 1e-3
+
+
 # -----------------------------------------------------------------------------
 # the loss: self-conditioning per example
 

@@ -76,6 +76,7 @@ BAD = [
     ('train_diff', ['--guide_step=2', '--max_steps=2'], ['guide_step=2', 'below max_steps=2']),
     ('train_diff', ['--guide_step=1', '--task=blocks'], ['guide_step=1', 'unconditional']),
     ('sample', ['--autoguidance=-1'], ['autoguidance=-1.0', '>= 0']),
+    ('sample', ['--guide_t_min=-0.5'], ['guide_t_min=-0.5', '>= 0']),
     ('train_ae', ['--min_lr=-1e-5'], ['min_lr=-1e-05', 'in [0, lr]']),
     ('train_diff', ['--dtype=float16'], ['GradScaler']),
     ('train_diff', ['--ae_ckpt={tmp}/none.pt'], ['none.pt', 'not found']),

@@ -315,10 +315,13 @@ def test_end_to_end(tiny_encoder_path, tmp_path):
     assert rows[0]['autoguidance'] == 2.0
     assert 'note: autoguidance' not in r.stderr  # 5 steps: no note
     r = run(['sample.py', f'--ckpt={diff_dir / "ckpt.pt"}', '--num_samples=1', '--steps=21', '--device=cpu'])
-    assert r.returncode == 0 and 'note: autoguidance w=2 with 21 steps' in r.stderr  # many steps: one line says so
-    r = run(['sample.py', f'--ckpt={diff_dir / "ckpt.pt"}', '--num_samples=1', '--steps=21', '--device=cpu',
-             '--autoguidance=1'])
-    assert r.returncode == 0 and 'note: autoguidance' not in r.stderr
+    assert r.returncode == 0 and 'note: autoguidance w=2 at all 21 steps' in r.stderr  # many steps: one line
+    for flag in ('--autoguidance=1', '--guide_t_min=0.5'):  # no guidance, or guidance in an interval: no note
+        r = run(['sample.py', f'--ckpt={diff_dir / "ckpt.pt"}', '--num_samples=1', '--steps=21', '--device=cpu', flag,
+                 f'--out={tmp_path / "g.jsonl"}'])
+        assert r.returncode == 0 and 'note: autoguidance' not in r.stderr
+    assert 'at t >= 0.5' in r.stderr.splitlines()[-1] and json.loads(open(tmp_path / 'g.jsonl').readline())[
+        'guide_t_min'] == 0.5  # the interval is said and recorded
 
 
 def test_diffusion_without_latent_cache(tiny_ae, tmp_path):
