@@ -26,8 +26,13 @@ Results (measured, never estimated; README "Speed" has them with the commands):
   The quickstart (--quickstart=True) on the 2-core development machine: README "Quickstart".
 """
 import copy
+import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -118,11 +123,6 @@ def quickstart(cfg):
     runs it, and print the seconds of each stage and of the whole against the budget. The figure depends on
     the machine and on what else runs on it: measure on an idle one.
     """
-    import os
-    import re
-    import shutil
-    import subprocess
-    import tempfile
     root = os.path.dirname(os.path.abspath(__file__))
     ae_cfg, diff_cfg = (os.path.abspath(c) for c in cfg['quickstart_configs'].split(','))
     for c in (ae_cfg, diff_cfg):

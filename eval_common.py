@@ -53,9 +53,8 @@ def texts_of(spec, split, cfg, run, n=0):
     tokenizer: the same round trip (casing, accents, spacing) that generated samples go through. n > 0: at
     most the first n texts (and a raw 'stories' spec makes n). A list: for references and other small sets;
     a training split goes through text_chunks."""
-    if spec and not os.path.isfile(os.path.join(spec, 'meta.json')):
-        opts = dict(PREPARE_DEFAULTS, text_field=cfg['text_field'], seed=run['seed'] if run else 0)
-        docs = documents(spec, split, opts, n_stories=n or (run['n_stories'] if run else 20000))
+    if raw(spec):
+        docs = raw_documents(spec, split, cfg, run, n_stories=n or None)
         return list(itertools.islice(docs, n or None)), f"{spec} ({split})"
     chunks, name = text_chunks(spec, split, cfg, run, n)
     return (None, None) if chunks is None else ([t for c in chunks for t in c], name)
@@ -65,9 +64,8 @@ def text_chunks(spec, split, cfg, run, n=0, chunk=1024):
     """(an iterator over lists of at most `chunk` texts, a label) for the texts of texts_of, read as they are
     consumed: a paper-scale training split is never held at once. n > 0: at most the first n texts (the label
     says so when that cuts a prepared split; a raw source says 'at most'). (None, None) without a spec or a run."""
-    if spec and not os.path.isfile(os.path.join(spec, 'meta.json')):
-        opts = dict(PREPARE_DEFAULTS, text_field=cfg['text_field'], seed=run['seed'] if run else 0)
-        docs = itertools.islice(documents(spec, split, opts, n_stories=run['n_stories'] if run else 20000), n or None)
+    if raw(spec):
+        docs = itertools.islice(raw_documents(spec, split, cfg, run), n or None)
         first = list(itertools.islice(docs, chunk))  # read now: a bad source fails before any work
         return itertools.chain([first] if first else [], iter(lambda: list(itertools.islice(docs, chunk)), [])), \
             f"{spec} ({split}{f', at most the first {n:,}' if n else ''})"
@@ -84,12 +82,22 @@ def text_chunks(spec, split, cfg, run, n=0, chunk=1024):
 def sampled_texts(spec, split, cfg, run, size, seed, cap=0):
     """random.Random(seed).sample of size(N) texts of the N a split holds (texts_of's spec and run), reading only
     the rows drawn when the texts are a prepared folder's; a raw source draws from its first `cap` (0 = all)."""
-    folder = spec if spec and os.path.isfile(os.path.join(spec, 'meta.json')) else None if spec else run['data_dir']
-    if folder is None:  # the run's own count of generated stories, capped (texts_of would make `cap` of them)
+    if raw(spec):  # the run's own count of generated stories, capped (texts_of would make `cap` of them)
         texts = [t for c in text_chunks(spec, split, cfg, run, cap)[0] for t in c]
         return [texts[i] for i in random.Random(seed).sample(range(len(texts)), size(len(texts)))]
-    rows, decode = prepared_split(folder, split)
+    rows, decode = prepared_split(spec or run['data_dir'], split)
     return decode(*rows.batch(random.Random(seed).sample(range(len(rows)), size(len(rows)))))
+
+
+def raw(spec):
+    """Whether a corpus spec is a raw source (read as documents) rather than '' or a prepared folder."""
+    return bool(spec) and not os.path.isfile(os.path.join(spec, 'meta.json'))
+
+
+def raw_documents(spec, split, cfg, run, n_stories=None):
+    """The documents of a raw source, with the run's seed and count of generated stories unless n_stories."""
+    opts = dict(PREPARE_DEFAULTS, text_field=cfg['text_field'], seed=run['seed'] if run else 0)
+    return documents(spec, split, opts, n_stories=n_stories or (run['n_stories'] if run else 20000))
 
 
 def prepared_split(folder, split):

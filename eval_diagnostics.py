@@ -16,7 +16,7 @@ from diffusion import GRIDS, SAMPLERS, q_sample, sample
 from eval_common import as_seen as _as_seen
 from eval_common import check_model, floats, refuse_conditional, run_of, sampled_texts, texts_of, write_json
 from metrics import bleu, diversity, load_causal_lm, perplexity, sentence_bleu
-from pipeline import load_guide, load_pipeline
+from pipeline import autoguide, load_pipeline
 
 DIAGS = ('reconstruction', 'decoder_robustness', 'smoothness', 'diffusion_robustness', 'mismatch', 'steps')
 AE_ONLY = DIAGS[:2]              # the first two need only an autoencoder
@@ -232,8 +232,7 @@ def diag_steps(denoiser, ae, n, steps_grid, d, t_min, quality=None, quality_name
                 t0 = time.time()
                 z = sample(denoiser, (n, ae.args['n_latents'], ae.args['dim']), steps, d, t_min, sampler,
                            generator=torch.Generator(device).manual_seed(s), device=device, autocast=ctx, grid=grid,
-                           guide=guide if guidance != 1 else None, guidance=guidance if guidance != 1 else None,
-                           guide_t_min=guide_t_min)
+                           guide=guide, guidance=guidance, guide_t_min=guide_t_min)
                 z = z.cpu().to(device)  # .cpu() waits for the GPU, so the clock measures the work
                 per['seconds'][j].append(time.time() - t0)
                 texts = decode_latents(ae, z, batch_size, normalized=True)[1]
@@ -351,8 +350,7 @@ def run_diagnostics(cfg, env):
             x = [int(s) for s in floats(cfg, 'steps_grid')]
             refs = as_seen(ae, held_out)                                      # what a perfect decoder writes
             # the sampler as sample.py runs it: autoguidance w when the checkpoint keeps a guide
-            guide = load_guide(ckpt, dev) if cfg['autoguidance'] != 1 else None
-            w = cfg['autoguidance'] if guide is not None else 1.0
+            guide, w = autoguide(ckpt, cfg['autoguidance'], 0, device=dev)  # no steps note: the sweep is the point
             r = diag_steps(denoiser, ae, n, x, d, t_min, quality, quality_name, seed, bs, dev, ctx, series,
                            cfg['steps_seeds'], refs, guide, w, cfg['guide_t_min'])
             xlabel = f"sampling steps (mean over {cfg['steps_seeds']} seeds" + (

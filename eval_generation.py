@@ -8,7 +8,6 @@ as the samples did.
 import json
 import os
 import random
-import sys
 import time
 
 import numpy as np
@@ -18,7 +17,7 @@ from corpus import is_valid_story
 from eval_common import (as_seen, check_model, read_samples, recorded, refuse_conditional, report, run_encoder,
                          run_of, text_chunks, texts_of)
 from metrics import diversity, length_stats, load_causal_lm, mauve_score, memorization, ngram_index, perplexity
-from pipeline import generate, guide_steps_note, load_guide, load_pipeline
+from pipeline import autoguide, generate, load_pipeline
 
 
 def run_generation(cfg, env):
@@ -40,10 +39,7 @@ def run_generation(cfg, env):
         denoiser, ae, ckpt = load_pipeline(cfg['ckpt'], cfg['ae_ckpt'], env['device'], cfg['use_ema'])
         refuse_conditional(denoiser, cfg['ckpt'])
         run, encoder, max_len = run_of(ckpt), ae.encoder, ae.args['max_len']
-        guide = load_guide(ckpt, env['device']) if cfg['autoguidance'] != 1 else None
-        w = cfg['autoguidance'] if guide else 1.0                             # w = 1: sample plainly
-        if guide_steps_note(cfg['steps'], w, cfg['guide_t_min']):
-            print(guide_steps_note(cfg['steps'], w, cfg['guide_t_min']), file=sys.stderr)
+        guide, w = autoguide(ckpt, cfg['autoguidance'], cfg['steps'], cfg['guide_t_min'], env['device'])
         made = dict(ckpt=cfg['ckpt'], step=ckpt['step'], steps=cfg['steps'], sampler=cfg['sampler'],
                     grid=cfg['grid'], ema=cfg['use_ema'], autoguidance=w,
                     **(dict(guide_t_min=cfg['guide_t_min']) if w != 1 and cfg['guide_t_min'] > 0 else {}))

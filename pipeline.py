@@ -6,6 +6,7 @@ autoencoder.py, rebuilt from their checkpoints, and the few loops that run texts
 It lives here, not in diffusion.py, so that the two halves of the method stay independent: diffusion.py
 knows nothing about text and autoencoder.py nothing about diffusion; this file is where they meet.
 """
+import sys
 from contextlib import nullcontext
 
 import torch
@@ -44,13 +45,21 @@ def load_guide(ckpt, device='cpu'):
     return denoiser_of(ckpt, ckpt['guide'], 'the guide of the diffusion checkpoint', device) if 'guide' in ckpt else None
 
 
-def guide_steps_note(steps, w, t_min=0.0):
-    """One line to print when autoguidance runs at every one of many steps, where it was measured to fail."""
-    if w == 1 or steps <= 20 or t_min > 0:
-        return ''
-    return (f"note: autoguidance w={w:g} at all {steps} steps: on the quickstart's model it was measured at its best "
-            f"at 5-10 steps and worst with many (200 steps: 28.7% valid against 73.7% at 10; README, \"Few-step "
-            f"sampling\"); --guide_t_min=0.5 guides only the noisier half, --autoguidance=1 not at all")
+def autoguide(ckpt, w, steps, t_min=0.0, device='cpu'):
+    """
+    (the guide, the w to sample with) for autoguidance weight w: the checkpoint's guide when w != 1 and it keeps
+    one, else (None, 1.0). Prints one note when the guide would act at every one of many steps, where it was
+    measured to fail.
+    """
+    guide = load_guide(ckpt, device) if w != 1 else None
+    if guide is None:
+        return None, 1.0
+    if steps > 20 and t_min == 0:
+        print(f"note: autoguidance w={w:g} at all {steps} steps: on the quickstart's model it was measured at its "
+              f"best at 5-10 steps and worst with many (200 steps: 28.7% valid against 73.7% at 10; README, "
+              f"\"Few-step sampling\"); --guide_t_min=0.5 guides only the noisier half, --autoguidance=1 not at all",
+              file=sys.stderr)
+    return guide, w
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ from autoencoder import load_autoencoder
 from corpus import Prepared, chunk_document, read_jsonl, read_lines
 from corpus import is_valid_story
 from diffusion import GRIDS, SAMPLERS, end_marker, sample_blocks
-from pipeline import encode_texts, generate, guide_steps_note, load_guide, load_pipeline
+from pipeline import autoguide, encode_texts, generate, load_pipeline
 
 config = dict(
     ckpt='out/diff/ckpt.pt',     # diffusion checkpoint
@@ -305,11 +305,9 @@ def main(cfg):
         guidance = cfg['guidance']
     elif cfg['sources']:
         common.die(f"'{cfg['ckpt']}' is an unconditional model: it takes no --sources")
-    guide = load_guide(ckpt, env['device']) if not denoiser.conditional and cfg['autoguidance'] != 1 else None
-    if guide is not None:
-        guidance = cfg['autoguidance']
-        if guide_steps_note(cfg['steps'], guidance, cfg['guide_t_min']):
-            print(guide_steps_note(cfg['steps'], guidance, cfg['guide_t_min']), file=sys.stderr)
+    guide = None
+    if not denoiser.conditional:
+        guide, guidance = autoguide(ckpt, cfg['autoguidance'], cfg['steps'], cfg['guide_t_min'], env['device'])
     how = ('' if denoiser.conditional else
            f", autoguidance w={cfg['autoguidance']} by the EMA of step {ckpt['guide_step']}"
            + (f" at t >= {cfg['guide_t_min']:g}" if cfg['guide_t_min'] > 0 else '') if guide is not None
